@@ -1,0 +1,184 @@
+"""Transformer building blocks: embeddings, norms, positions, attention, MLP.
+
+Every parameter is created with logical axis names (``lmjax.axes``) so that the
+sharding rules, not this file, decide where it lives. Nothing here knows about
+meshes, configs files or losses. Tensor names carry their shape letters
+(legend in ``lmjax/axes.py``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lmjax import axes
+
+if TYPE_CHECKING:
+  from lmjax.models.transformer import ModelConfig
+
+
+def _constrain(x, names):
+  """Logical sharding hint for an activation; a no-op outside a mesh context."""
+  return nn.with_logical_constraint(x, names)
+
+
+class Linear(nn.Module):
+  """An einsum against one kernel (plus an optional bias), both logically named.
+
+  ``equation`` uses the shape letters, e.g. ``'BLD,DHK->BLHK'``; the kernel is
+  the second operand. The bias, if any, has the kernel's output dims
+  (``bias_names``). Compute runs in ``dtype`` with the kernel cast from
+  ``param_dtype``.
+  """
+  equation: str
+  shape: tuple[int, ...]
+  names: tuple[str | None, ...]
+  bias_names: tuple[str | None, ...] | None = None
+  std: float = 0.02
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    init = nn.with_logical_partitioning(nn.initializers.normal(self.std), self.names)
+    kernel = self.param('kernel', init, self.shape, self.param_dtype)
+    y = jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
+    if self.bias_names is not None:
+      bias_shape = self.shape[-len(self.bias_names):]
+      binit = nn.with_logical_partitioning(nn.initializers.zeros, self.bias_names)
+      y = y + self.param('bias', binit, bias_shape, self.param_dtype).astype(self.dtype)
+    return y
+
+
+class Norm(nn.Module):
+  """RMSNorm or LayerNorm over the last dim; statistics in float32."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BLD):
+    cfg = self.cfg
+    scale_init = nn.with_logical_partitioning(nn.initializers.ones, (axes.EMBED,))
+    if cfg.norm == 'rmsnorm':
+      return nn.RMSNorm(epsilon=cfg.norm_eps, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+                        scale_init=scale_init, name='rmsnorm')(x_BLD)
+    bias_init = nn.with_logical_partitioning(nn.initializers.zeros, (axes.EMBED,))
+    return nn.LayerNorm(epsilon=cfg.norm_eps, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+                        scale_init=scale_init, bias_init=bias_init, name='layernorm')(x_BLD)
+
+
+def apply_rope(x_BLHK, positions_BL, base: float):
+  """Rotary position embedding (rotate-half form), computed in float32."""
+  half = x_BLHK.shape[-1] // 2
+  inv_freq_K = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angle_BLK = positions_BL[..., None].astype(jnp.float32) * inv_freq_K
+  sin_BL1K, cos_BL1K = jnp.sin(angle_BLK)[:, :, None, :], jnp.cos(angle_BLK)[:, :, None, :]
+  x1, x2 = jnp.split(x_BLHK.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos_BL1K - x2 * sin_BL1K, x2 * cos_BL1K + x1 * sin_BL1K], axis=-1)
+  return out.astype(x_BLHK.dtype)
+
+
+def attention_mask(segment_ids_BL, causal: bool):
+  """[B, 1, L, L] bool: same packed segment, and (if causal) not in the future.
+
+  Padding (segment 0) attends only to padding, so no row is fully masked.
+  """
+  mask_BLL = segment_ids_BL[:, :, None] == segment_ids_BL[:, None, :]
+  if causal:
+    length = segment_ids_BL.shape[1]
+    mask_BLL &= jnp.tril(jnp.ones((length, length), dtype=bool))[None]
+  return mask_BLL[:, None]
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention through ``jax.nn.dot_product_attention``.
+
+  With ``decode=True`` keys and values go to a 'cache' collection sized by the
+  input used at cache creation; each call appends its tokens (a whole prompt or
+  one token) and attends causally to everything cached so far.
+  """
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BLD, positions_BL, mask_B1LS, *, deterministic: bool, decode: bool):
+    cfg = self.cfg
+    D, H, K = cfg.embed_dim, cfg.num_heads, cfg.head_dim
+    bias = (axes.HEADS, axes.KV) if cfg.use_bias else None
+    proj = dict(equation='BLD,DHK->BLHK', shape=(D, H, K), names=(axes.EMBED, axes.HEADS, axes.KV),
+                bias_names=bias, std=cfg.init_std, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype)
+    q_BLHK = Linear(**proj, name='query')(x_BLD)
+    k_BLHK = Linear(**proj, name='key')(x_BLD)
+    v_BLHK = Linear(**proj, name='value')(x_BLD)
+    if cfg.positions == 'rope':
+      q_BLHK = apply_rope(q_BLHK, positions_BL, cfg.rope_base)
+      k_BLHK = apply_rope(k_BLHK, positions_BL, cfg.rope_base)
+    q_BLHK = _constrain(q_BLHK, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_HEADS, None))
+
+    if decode:
+      k_BLHK, v_BLHK, mask_B1LS = self._update_cache(k_BLHK, v_BLHK)
+
+    out_BLHK = jax.nn.dot_product_attention(
+        q_BLHK, k_BLHK, v_BLHK, mask=mask_B1LS,
+        implementation=None if cfg.attention_impl == 'auto' else cfg.attention_impl)
+    out_bias = (axes.EMBED,) if cfg.use_bias else None
+    # GPT-2 style scaled init of residual projections keeps the residual stream's variance flat.
+    out_std = cfg.init_std / (2 * cfg.num_layers) ** 0.5
+    return Linear('BLHK,HKD->BLD', (H, K, D), (axes.HEADS, axes.KV, axes.EMBED), out_bias, out_std,
+                  cfg.compute_dtype, cfg.weight_dtype, name='out')(out_BLHK)
+
+  def _update_cache(self, k_BLHK, v_BLHK):
+    """Append this call's keys/values; return the full cache and its causal mask."""
+    initialized = self.has_variable('cache', 'cached_key')
+    key = self.variable('cache', 'cached_key', jnp.zeros, k_BLHK.shape, k_BLHK.dtype)
+    value = self.variable('cache', 'cached_value', jnp.zeros, v_BLHK.shape, v_BLHK.dtype)
+    index = self.variable('cache', 'cache_index', lambda: jnp.zeros((), jnp.int32))
+    length = k_BLHK.shape[1]
+    if not initialized:  # cache creation: plain causal attention over the input
+      return k_BLHK, v_BLHK, attention_mask(jnp.ones(k_BLHK.shape[:2], jnp.int32), True)
+    start = index.value
+    key.value = jax.lax.dynamic_update_slice(key.value, k_BLHK, (0, start, 0, 0))
+    value.value = jax.lax.dynamic_update_slice(value.value, v_BLHK, (0, start, 0, 0))
+    index.value = start + length
+    query_pos_L = start + jnp.arange(length)
+    key_pos_S = jnp.arange(key.value.shape[1])
+    mask_B1LS = (key_pos_S[None, :] <= query_pos_L[:, None])[None, None]
+    return key.value, value.value, mask_B1LS
+
+
+class Mlp(nn.Module):
+  """Position-wise feed-forward: GELU (tanh or exact) or SwiGLU."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BLD):
+    cfg = self.cfg
+    D, F = cfg.embed_dim, cfg.mlp_dim
+    kw = dict(std=cfg.init_std, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype)
+    up = dict(equation='BLD,DF->BLF', shape=(D, F), names=(axes.EMBED, axes.MLP),
+              bias_names=(axes.MLP,) if cfg.use_bias else None, **kw)
+    h_BLF = Linear(**up, name='wi')(x_BLD)
+    if cfg.activation == 'swiglu':
+      h_BLF = nn.silu(h_BLF) * Linear(**up, name='wi_gate')(x_BLD)
+    else:
+      h_BLF = nn.gelu(h_BLF, approximate=cfg.activation == 'gelu')
+    h_BLF = _constrain(h_BLF, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_MLP))
+    kw['std'] = cfg.init_std / (2 * cfg.num_layers) ** 0.5
+    return Linear('BLF,FD->BLD', (F, D), (axes.MLP, axes.EMBED),
+                  (axes.EMBED,) if cfg.use_bias else None, name='wo', **kw)(h_BLF)
+
+
+class Block(nn.Module):
+  """Pre-norm Transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BLD, positions_BL, mask_B1LS, *, deterministic: bool, decode: bool):
+    drop = nn.Dropout(self.cfg.dropout_rate)
+    h_BLD = Attention(self.cfg, name='attn')(Norm(self.cfg, name='attn_norm')(x_BLD), positions_BL,
+                                             mask_B1LS, deterministic=deterministic, decode=decode)
+    x_BLD = x_BLD + drop(h_BLD, deterministic=deterministic)
+    h_BLD = Mlp(self.cfg, name='mlp')(Norm(self.cfg, name='mlp_norm')(x_BLD))
+    x_BLD = x_BLD + drop(h_BLD, deterministic=deterministic)
+    return _constrain(x_BLD, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED))

@@ -1,0 +1,145 @@
+"""One Transformer stack: a causal decoder (next-token) or a bidirectional encoder.
+
+``ModelConfig`` is a frozen dataclass: the model never sees the ml_collections
+config, objectives or sharding rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from lmjax import axes
+from lmjax.models import layers
+
+# Named sizes: (num_layers, embed_dim, num_heads, mlp_dim). Architecture options
+# (norm, positions, biases...) are separate fields, so e.g. 'gpt2' dims can be
+# trained with a modern RMSNorm/RoPE block or with the original GPT-2 block.
+SIZES = {
+    'tiny': (2, 128, 4, 512),
+    'mini': (4, 256, 4, 1024),
+    'small': (6, 384, 6, 1536),      # nanoGPT's shakespeare_char shapes
+    'gpt2': (12, 768, 12, 3072),     # GPT-2 124M / BERT-base
+    'gpt2-medium': (24, 1024, 16, 4096),  # GPT-2 350M / BERT-large
+    'gpt2-large': (36, 1280, 20, 5120),
+    'gpt2-xl': (48, 1600, 25, 6400),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Hyperparameters of the Transformer; see configs/base.py for each field's meaning."""
+  vocab_size: int
+  max_len: int = 1024
+  num_layers: int = 2
+  embed_dim: int = 128
+  num_heads: int = 4
+  mlp_dim: int = 512
+  causal: bool = True
+  positions: str = 'rope'        # 'rope' | 'learned'
+  rope_base: float = 10_000.0
+  norm: str = 'rmsnorm'          # 'rmsnorm' | 'layernorm'
+  norm_eps: float = 1e-6
+  activation: str = 'gelu'       # 'gelu' (tanh approx.) | 'gelu_exact' | 'swiglu'
+  use_bias: bool = False
+  tie_embeddings: bool = True
+  dropout_rate: float = 0.0
+  init_std: float = 0.02
+  dtype: str = 'float32'         # compute dtype
+  param_dtype: str = 'float32'
+  attention_impl: str = 'auto'   # 'auto' (JAX picks) | 'xla' | 'cudnn'
+
+  def __post_init__(self):
+    _check(self.embed_dim % self.num_heads == 0,
+           f'embed_dim={self.embed_dim} must be divisible by num_heads={self.num_heads}')
+    _check(self.positions in ('rope', 'learned'), f"positions={self.positions!r}: use 'rope' or 'learned'")
+    _check(self.norm in ('rmsnorm', 'layernorm'), f"norm={self.norm!r}: use 'rmsnorm' or 'layernorm'")
+    _check(self.activation in ('gelu', 'gelu_exact', 'swiglu'),
+           f"activation={self.activation!r}: use 'gelu', 'gelu_exact' or 'swiglu'")
+    _check(self.positions != 'rope' or self.head_dim % 2 == 0, f'rope needs an even head_dim, got {self.head_dim}')
+    _check(self.attention_impl in ('auto', 'xla', 'cudnn'),
+           f"attention_impl={self.attention_impl!r}: use 'auto', 'xla' or 'cudnn'")
+    for name in ('dtype', 'param_dtype'):
+      _check(getattr(self, name) in ('float32', 'bfloat16', 'float16'),
+             f"{name}={getattr(self, name)!r}: use 'float32', 'bfloat16' or 'float16'")
+
+  @property
+  def head_dim(self) -> int:
+    return self.embed_dim // self.num_heads
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+  @property
+  def weight_dtype(self):
+    return jnp.dtype(self.param_dtype)
+
+  def num_params(self, include_embeddings: bool = True) -> int:
+    """Parameter count from the shapes (matches the initialized tree)."""
+    D, F, V = self.embed_dim, self.mlp_dim, self.vocab_size
+    bias = self.use_bias
+    norm = D * (2 if self.norm == 'layernorm' else 1)
+    attn = 4 * D * D + (4 * D if bias else 0)
+    mlp = (3 if self.activation == 'swiglu' else 2) * D * F + ((F + D) if bias else 0)
+    if self.activation == 'swiglu' and bias:
+      mlp += F
+    total = self.num_layers * (attn + mlp + 2 * norm) + norm
+    if include_embeddings:
+      total += V * D * (1 if self.tie_embeddings else 2)
+      total += self.max_len * D if self.positions == 'learned' else 0
+    return total
+
+
+def _check(ok: bool, message: str):
+  if not ok:
+    raise ValueError(f'model: {message}')
+
+
+class Transformer(nn.Module):
+  """Token ids -> float32 logits over the vocabulary.
+
+  ``causal=True`` is a GPT-style decoder; ``False`` a BERT-style encoder. Packed
+  sequences pass ``segment_ids_BL`` (0 = padding) so tokens attend only within
+  their own document, and ``positions_BL`` so positions restart per document.
+  """
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens_BL, positions_BL=None, segment_ids_BL=None, *,
+               deterministic: bool = True, decode: bool = False):
+    cfg = self.config
+    batch, length = tokens_BL.shape
+    if positions_BL is None:
+      positions_BL = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+    if segment_ids_BL is None:
+      segment_ids_BL = jnp.ones((batch, length), jnp.int32)
+
+    embed_init = nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std), (axes.VOCAB, axes.EMBED))
+    embedding_VD = self.param('token_embed', embed_init, (cfg.vocab_size, cfg.embed_dim), cfg.weight_dtype)
+    x_BLD = embedding_VD.astype(cfg.compute_dtype)[tokens_BL]
+    if cfg.positions == 'learned':
+      pos_init = nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std), (None, axes.EMBED))
+      pos_embed_LD = self.param('pos_embed', pos_init, (cfg.max_len, cfg.embed_dim), cfg.weight_dtype)
+      x_BLD = x_BLD + pos_embed_LD.astype(cfg.compute_dtype)[positions_BL]
+    x_BLD = nn.Dropout(cfg.dropout_rate)(x_BLD, deterministic=deterministic)
+    x_BLD = nn.with_logical_constraint(x_BLD, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED))
+
+    # In decode mode each attention layer builds its mask from its cache.
+    mask_B1LS = None if decode else layers.attention_mask(segment_ids_BL, cfg.causal)
+    for i in range(cfg.num_layers):
+      x_BLD = layers.Block(cfg, name=f'block_{i}')(x_BLD, positions_BL, mask_B1LS,
+                                                   deterministic=deterministic, decode=decode)
+    x_BLD = layers.Norm(cfg, name='final_norm')(x_BLD)
+
+    if cfg.tie_embeddings:
+      out_VD = embedding_VD
+    else:
+      head_init = nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std), (axes.VOCAB, axes.EMBED))
+      out_VD = self.param('lm_head', head_init, (cfg.vocab_size, cfg.embed_dim), cfg.weight_dtype)
+    # Low-precision inputs, float32 accumulation and output: the softmax and loss stay exact.
+    logits_BLV = jnp.einsum('BLD,VD->BLV', x_BLD, out_VD.astype(cfg.compute_dtype),
+                            preferred_element_type=jnp.float32)
+    return nn.with_logical_constraint(logits_BLV, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_VOCAB))

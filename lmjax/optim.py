@@ -1,0 +1,36 @@
+"""The optax optimizer: AdamW, linear warmup + cosine decay, global-norm clipping."""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+
+def lr_schedule(*, learning_rate: float, warmup_steps: int, total_steps: int, min_lr_ratio: float):
+  """Linear warmup from 0 to ``learning_rate``, cosine down to ``min_lr_ratio * learning_rate``."""
+  warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=learning_rate, warmup_steps=warmup_steps,
+      decay_steps=max(total_steps, warmup_steps + 1), end_value=learning_rate * min_lr_ratio)
+
+
+def decay_mask(params, decay_embeddings: bool = False):
+  """Decay matrices only: not norms, biases, or (unless asked) embedding tables."""
+  def decays(path, _):
+    name = str(getattr(path[-1], 'key', path[-1]))
+    if name.endswith('embed'):  # token_embed, pos_embed
+      return decay_embeddings
+    return name in ('kernel', 'lm_head')
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def make_optimizer(*, total_steps: int, learning_rate: float, warmup_steps: int, min_lr_ratio: float,
+                   b1: float, b2: float, eps: float, weight_decay: float, clip_norm: float,
+                   decay_embeddings: bool):
+  """Returns (optax transformation, learning-rate schedule)."""
+  schedule = lr_schedule(learning_rate=learning_rate, warmup_steps=warmup_steps,
+                         total_steps=total_steps, min_lr_ratio=min_lr_ratio)
+  chain = [optax.clip_by_global_norm(clip_norm)] if clip_norm > 0 else []
+  chain.append(optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
+                           mask=lambda p: decay_mask(p, decay_embeddings)))
+  return optax.chain(*chain), schedule

@@ -1,0 +1,100 @@
+"""The one place that builds meshes and shardings.
+
+Mesh axes: ``data`` (pure data parallel), ``fsdp`` (data parallel with
+parameters and optimizer state sharded), ``tensor`` (heads / MLP / vocabulary
+split across devices). ``RULES`` maps the model's logical axis names
+(``lmjax.axes``) to these mesh axes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from lmjax import axes
+
+MESH_AXES = ('data', 'fsdp', 'tensor')
+BATCH_AXES = ('data', 'fsdp')  # the batch is split over every data-parallel axis
+
+# (logical name, mesh axis or None). Parameters: FSDP shards EMBED, tensor
+# parallelism shards HEADS / MLP / VOCAB. Activations keep EMBED whole.
+RULES = (
+    (axes.BATCH, BATCH_AXES),
+    (axes.LENGTH, None),
+    (axes.EMBED, 'fsdp'),
+    (axes.HEADS, 'tensor'),
+    (axes.KV, None),
+    (axes.MLP, 'tensor'),
+    (axes.VOCAB, 'tensor'),
+    (axes.LAYERS, None),
+    (axes.CLASSES, None),
+    (axes.ACT_BATCH, BATCH_AXES),
+    (axes.ACT_LENGTH, None),
+    (axes.ACT_EMBED, None),
+    (axes.ACT_HEADS, 'tensor'),
+    (axes.ACT_MLP, 'tensor'),
+    (axes.ACT_VOCAB, 'tensor'),
+)
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
+  """A (data, fsdp, tensor) mesh with Auto axis types; one size may be -1 (fill)."""
+  devices = jax.devices() if devices is None else devices
+  sizes = [data, fsdp, tensor]
+  if sizes.count(-1) > 1:
+    raise ValueError(f'mesh: at most one of data/fsdp/tensor may be -1, got {sizes}')
+  known = math.prod(s for s in sizes if s != -1)
+  if any(s == 0 or s < -1 for s in sizes) or len(devices) % known:
+    raise ValueError(f'mesh: sizes data={data} fsdp={fsdp} tensor={tensor} do not divide the '
+                     f'{len(devices)} devices; set --config.mesh.* so their product is {len(devices)}')
+  sizes = [len(devices) // known if s == -1 else s for s in sizes]
+  if math.prod(sizes) != len(devices):
+    raise ValueError(f'mesh: data*fsdp*tensor = {math.prod(sizes)} but there are {len(devices)} devices; '
+                     'set --config.mesh.* (one of them may be -1 to fill)')
+  # Linen's logical constraints need Auto axes (jax.make_mesh defaults to Explicit).
+  return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+
+
+@contextlib.contextmanager
+def activate(mesh: Mesh, rules=RULES):
+  """Context under which model code's logical constraints resolve to ``mesh``."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    yield
+
+
+def logical_to_shardings(abstract_boxed_tree, mesh: Mesh, rules=RULES):
+  """NamedShardings for a tree whose leaves carry ``nn.Partitioned`` names."""
+  specs = nn.get_partition_spec(abstract_boxed_tree)
+  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) dim split over the data-parallel axes, the rest replicated."""
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+  return math.prod(mesh.shape[a] for a in BATCH_AXES)
+
+
+def check_batch_size(global_batch: int, mesh: Mesh):
+  dp = data_parallel_size(mesh)
+  if global_batch % dp or global_batch % jax.process_count():
+    raise ValueError(f'train.batch_size={global_batch} must be divisible by the data-parallel size {dp} '
+                     f'(mesh data*fsdp) and by the {jax.process_count()} processes; change '
+                     '--config.train.batch_size or --config.mesh.*')
+
+
+def host_to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Assemble each process's local rows into one globally sharded batch."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}

@@ -1,0 +1,67 @@
+"""Pure, jit-able train and eval steps. No I/O, no logging, no config reads.
+
+``loss_fn(params, batch, rng, train=...) -> (mean loss, {name: (sum, count)})``
+comes from ``lmjax.objectives`` with the model's apply function bound in.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from lmjax.state import TrainState
+
+
+def _sum_tree(a, b):
+  return jax.tree.map(jnp.add, a, b)
+
+
+def _grads_and_metrics(loss_fn: Callable, params, batch, rng, grad_accum_steps: int):
+  """Gradient of the mean loss; with accumulation, a scan over equal micro-batches.
+
+  Micro-batch gradients are averaged with equal weight, which equals the
+  full-batch gradient when every micro-batch has the same number of target
+  tokens (true for packed pretraining rows).
+  """
+  grad_fn = jax.value_and_grad(lambda p, b, r: loss_fn(p, b, r, train=True), has_aux=True)
+  if grad_accum_steps == 1:
+    (_, metrics), grads = grad_fn(params, batch, rng)
+    return grads, metrics
+
+  def split(x):
+    return x.reshape((grad_accum_steps, x.shape[0] // grad_accum_steps) + x.shape[1:])
+  micro = jax.tree.map(split, batch)
+
+  def body(carry, xs):
+    grads_acc, metrics_acc = carry
+    mb, i = xs
+    (_, metrics), grads = grad_fn(params, mb, jax.random.fold_in(rng, i))
+    return (_sum_tree(grads_acc, grads), _sum_tree(metrics_acc, metrics)), None
+
+  zeros_grads = jax.tree.map(jnp.zeros_like, params)
+  first = jax.tree.map(lambda x: x[0], micro)
+  zeros_metrics = jax.tree.map(jnp.zeros_like, jax.eval_shape(lambda: grad_fn(params, first, rng)[0][1]))
+  (grads, metrics), _ = jax.lax.scan(body, (zeros_grads, zeros_metrics),
+                                     (micro, jnp.arange(grad_accum_steps)))
+  return jax.tree.map(lambda g: g / grad_accum_steps, grads), metrics
+
+
+def train_step(state: TrainState, batch, rng, *, loss_fn: Callable, tx: optax.GradientTransformation,
+               grad_accum_steps: int = 1):
+  """One optimizer update. Randomness is ``fold_in(rng, step)``: a resumed run draws the same."""
+  step_rng = jax.random.fold_in(rng, state.step)
+  grads, metrics = _grads_and_metrics(loss_fn, state.params, batch, step_rng, grad_accum_steps)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics['grad_norm'] = (optax.global_norm(grads), jnp.ones((), jnp.float32))
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  return new_state, metrics
+
+
+def eval_step(params, batch, token_bytes_V, *, loss_fn: Callable):
+  """Metric sums on one batch, deterministic (no dropout); bits per byte from ``token_bytes_V``."""
+  _, metrics = loss_fn(params, batch, jax.random.key(0), train=False, token_bytes_V=token_bytes_V)
+  return metrics

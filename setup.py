@@ -1,0 +1,27 @@
+"""lmjax: GPT- and BERT-style pretraining in JAX/Flax, from a laptop CPU to a TPU pod."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name='lmjax',
+    version='0.1.0',
+    description='Readable JAX/Flax pretraining of next-token and masked language models.',
+    long_description=open('README.md', encoding='utf-8').read(),
+    long_description_content_type='text/markdown',
+    python_requires='>=3.10',
+    packages=find_packages(include=['lmjax', 'lmjax.*', 'configs']),
+    install_requires=[
+        'jax>=0.10,<0.12',
+        'flax>=0.12,<0.13',
+        'optax>=0.2.5,<0.3',
+        'orbax-checkpoint>=0.12,<0.13',
+        'grain>=0.2.15,<0.3',
+        'sentencepiece>=0.2,<0.3',
+        'ml-collections>=1.0,<2',
+        'absl-py>=2.0',
+        'tensorboardX>=2.6,<3',
+        'tqdm>=4.60',
+        'numpy>=1.26',
+    ],
+    extras_require={'test': ['pytest>=8']},
+)

@@ -1,0 +1,119 @@
+"""Model behaviour: causality, packing isolation, named sizes, parameter naming."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lmjax.models.transformer import SIZES, ModelConfig, Transformer
+
+SMALL = dict(vocab_size=97, num_layers=2, embed_dim=32, num_heads=4, mlp_dim=64, max_len=64)
+
+
+def _init(cfg, length=16):
+  model = Transformer(cfg)
+  params = nn.meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, length), jnp.int32))['params'])
+  return model, params
+
+
+def _tokens(batch, length, vocab=97, seed=0):
+  return jnp.asarray(np.random.default_rng(seed).integers(0, vocab, (batch, length)), jnp.int32)
+
+
+@pytest.mark.parametrize('positions', ['rope', 'learned'])
+def test_decoder_is_causal(positions):
+  """Perturbing token j never changes logits at positions < j; it does change positions >= j."""
+  model, params = _init(ModelConfig(**SMALL, positions=positions))
+  tokens = _tokens(1, 16)
+  base = model.apply({'params': params}, tokens)
+  for j in (0, 5, 15):
+    changed = tokens.at[0, j].set((tokens[0, j] + 1) % 97)
+    diff = jnp.abs(model.apply({'params': params}, changed) - base).max(axis=-1)[0]
+    assert float(diff[:j].max(initial=0.0)) == 0.0, f'position < {j} saw token {j}'
+    assert float(diff[j:].min()) > 0.0, f'positions >= {j} ignored token {j}'
+
+
+def test_decoder_causal_by_gradient():
+  """d logits[i] / d input embedding j is zero for every j > i (and non-zero on the diagonal)."""
+  cfg = ModelConfig(**SMALL, tie_embeddings=False)  # untied: the table is only used as input
+  model, params = _init(cfg)
+  length = 12
+  tokens = jnp.arange(10, 10 + length, dtype=jnp.int32)[None]  # distinct: row t <-> position t-10
+
+  def out_L(table_VD):
+    return model.apply({'params': dict(params, token_embed=table_VD)}, tokens)[0].sum(-1)
+  jac_LVD = jax.jacrev(out_L)(params['token_embed'])
+  dep_LL = np.asarray(jnp.abs(jac_LVD[:, 10:10 + length]).sum(-1))  # [output pos, input pos]
+  assert np.all(np.triu(dep_LL, k=1) == 0), 'an output depends on a later input'
+  assert np.all(np.diag(dep_LL) > 0)
+
+
+def test_no_attention_across_packed_segments():
+  """Two documents packed in one row give the same logits as each run alone."""
+  model, params = _init(ModelConfig(**SMALL))
+  a, b = _tokens(1, 7, seed=1), _tokens(1, 9, seed=2)
+  packed = jnp.concatenate([a, b], axis=1)
+  segs = jnp.asarray([[1] * 7 + [2] * 9], jnp.int32)
+  pos = jnp.asarray([list(range(7)) + list(range(9))], jnp.int32)
+  out = model.apply({'params': params}, packed, pos, segs)
+  alone_a = model.apply({'params': params}, a)
+  alone_b = model.apply({'params': params}, b)
+  np.testing.assert_allclose(out[:, :7], alone_a, atol=1e-5)
+  np.testing.assert_allclose(out[:, 7:], alone_b, atol=1e-5)
+  # And changing document a never changes document b's outputs.
+  out2 = model.apply({'params': params}, packed.at[0, 3].set((packed[0, 3] + 1) % 97), pos, segs)
+  np.testing.assert_array_equal(out2[:, 7:], out[:, 7:])
+
+
+def test_encoder_is_bidirectional():
+  model, params = _init(ModelConfig(**SMALL, causal=False))
+  tokens = _tokens(1, 16)
+  base = model.apply({'params': params}, tokens)
+  changed = model.apply({'params': params}, tokens.at[0, 15].set((tokens[0, 15] + 1) % 97))
+  assert float(jnp.abs(changed - base)[0, 0].max()) > 0.0
+
+
+@pytest.mark.parametrize('name', sorted(SIZES))
+def test_eval_shape_every_named_size(name):
+  layers, dim, heads, mlp = SIZES[name]
+  cfg = ModelConfig(vocab_size=50257, num_layers=layers, embed_dim=dim, num_heads=heads, mlp_dim=mlp,
+                    max_len=1024)
+  model = Transformer(cfg)
+  shapes = nn.meta.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))))
+  n = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes['params']))
+  assert n == cfg.num_params()
+  assert shapes['params']['token_embed'].shape == (50257, dim)
+
+
+def test_gpt2_parameter_count():
+  """The GPT-2 architecture options at 'gpt2' dims give the published 124M parameters."""
+  layers, dim, heads, mlp = SIZES['gpt2']
+  cfg = ModelConfig(vocab_size=50257, num_layers=layers, embed_dim=dim, num_heads=heads, mlp_dim=mlp,
+                    max_len=1024, positions='learned', norm='layernorm', use_bias=True)
+  assert cfg.num_params() == 124_439_808
+
+
+def test_every_param_has_logical_names():
+  cfg = ModelConfig(**SMALL, use_bias=True, norm='layernorm', positions='learned', tie_embeddings=False,
+                    activation='swiglu')
+  boxed = jax.eval_shape(lambda: Transformer(cfg).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))
+  leaves = jax.tree.leaves(boxed['params'], is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  assert leaves and all(isinstance(x, nn.Partitioned) for x in leaves)
+  for leaf in leaves:
+    assert len(leaf.names) == len(leaf.value.shape)
+
+
+def test_bf16_compute_keeps_f32_params_and_logits():
+  cfg = ModelConfig(**SMALL, dtype='bfloat16')
+  model, params = _init(cfg)
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+  logits = model.apply({'params': params}, _tokens(2, 8))
+  assert logits.dtype == jnp.float32
+  ref = Transformer(ModelConfig(**SMALL)).apply({'params': params}, _tokens(2, 8))
+  np.testing.assert_allclose(logits, ref, atol=0.1)
+
+
+def test_bad_model_config_is_one_line_error():
+  with pytest.raises(ValueError, match='embed_dim=30 must be divisible by num_heads=4'):
+    ModelConfig(**dict(SMALL, embed_dim=30))
