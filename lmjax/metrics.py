@@ -1,0 +1,87 @@
+"""Host-side metric handling: (sum, count) reduction, TensorBoard + metrics.jsonl, progress."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import tqdm
+
+
+def summarize(metric_sums) -> dict[str, float]:
+  """{name: (sum, count)} (host or device arrays) -> {name: sum / count}."""
+  return {k: float(np.asarray(s)) / max(float(np.asarray(c)), 1e-12) for k, (s, c) in metric_sums.items()}
+
+
+def accumulate(total, metric_sums):
+  """Adds (sum, count) pairs on the host."""
+  out = dict(total)
+  for k, (s, c) in metric_sums.items():
+    s0, c0 = out.get(k, (0.0, 0.0))
+    out[k] = (s0 + float(np.asarray(s)), c0 + float(np.asarray(c)))
+  return out
+
+
+class MetricWriter:
+  """Writes scalars to TensorBoard event files and one JSON object per step to metrics.jsonl."""
+
+  def __init__(self, workdir: str, *, enabled: bool = True, resume_step: int | None = None):
+    self._enabled = enabled
+    if not enabled:
+      return
+    import tensorboardX  # imported lazily: only the writing process needs it
+    self.jsonl_path = os.path.join(workdir, 'metrics.jsonl')
+    if resume_step is not None:
+      _truncate_jsonl(self.jsonl_path, resume_step)
+    self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+    self._jsonl = open(self.jsonl_path, 'a', encoding='utf-8')
+
+  def write(self, step: int, scalars: dict[str, float]):
+    if not self._enabled:
+      return
+    for k, v in scalars.items():
+      self._tb.add_scalar(k, v, step)
+    self._jsonl.write(json.dumps({'step': int(step), **{k: float(v) for k, v in scalars.items()}}) + '\n')
+    self._jsonl.flush()
+
+  def close(self):
+    if self._enabled:
+      self._tb.close()
+      self._jsonl.close()
+
+
+def _truncate_jsonl(path: str, step: int):
+  """On resume, drop records past the restored step: they are about to be re-run."""
+  if not os.path.exists(path):
+    return
+  with open(path, encoding='utf-8') as f:
+    kept = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
+  tmp = path + '.tmp'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    f.writelines(kept)
+  os.replace(tmp, path)
+
+
+class Throughput:
+  """Training tokens per second between successive ``update`` calls, not counting ``exclude``d time."""
+
+  def __init__(self, step: int):
+    self._step, self._time = step, time.perf_counter()
+
+  def exclude(self, seconds: float):
+    """Leaves out time spent on other work (evaluation, checkpointing)."""
+    self._time += seconds
+
+  def update(self, step: int, tokens_per_step: int) -> float:
+    now = time.perf_counter()
+    rate = (step - self._step) * tokens_per_step / max(now - self._time, 1e-9)
+    self._step, self._time = step, now
+    return rate
+
+
+def progress_bar(start: int, total: int, enabled: bool):
+  """Console progress with step, ETA and a postfix for loss and tokens/s."""
+  return tqdm.tqdm(total=total, initial=start, disable=not enabled, unit='step', dynamic_ncols=True,
+                   smoothing=0.1, mininterval=1.0)
