@@ -1,0 +1,72 @@
+"""Every lmjax config key, declared once with its meaning. Experiments override these.
+
+Run: python -m lmjax.main --config=configs/base.py --workdir=/tmp/lmjax_base
+"""
+
+from ml_collections import config_dict
+
+
+def get_config():
+  c = config_dict.ConfigDict()
+  c.seed = 0                        # model init, dropout and data-order seed
+  c.objective = 'clm'               # 'clm': next-token (causal) language modelling
+
+  c.data = d = config_dict.ConfigDict()
+  d.source = 'python_docs'          # 'python_docs' (built-in, offline) | 'text' | 'jsonl'
+  d.paths = ''                      # text/jsonl: comma-separated files or globs
+  d.text_field = 'text'             # jsonl: field holding the document text
+  d.max_doc_chars = 4000            # long documents are split at paragraphs into pieces this long
+  d.val_fraction = 0.05             # fraction of documents held out for validation
+  d.seq_len = 128                   # model context length (tokens per training sequence)
+  d.tokenizer_path = ''             # sentencepiece .model to use; '' trains one into the workdir
+  d.vocab_size = 2048               # vocabulary size when training a tokenizer
+  d.tokenizer_type = 'bpe'          # 'bpe' | 'unigram' (when training a tokenizer)
+
+  c.model = m = config_dict.ConfigDict()
+  m.max_len = 1024                  # longest sequence the model supports (learned positions table size)
+  m.num_layers = 2                  # Transformer blocks
+  m.embed_dim = 128                 # residual width D
+  m.num_heads = 4                   # attention heads H (head_dim = embed_dim // num_heads)
+  m.mlp_dim = 512                   # MLP hidden width F
+  m.positions = 'rope'              # 'rope' | 'learned'
+  m.rope_base = 10_000.0            # rotary base frequency
+  m.norm = 'rmsnorm'                # 'rmsnorm' | 'layernorm'
+  m.norm_eps = 1e-6                 # norm epsilon
+  m.activation = 'gelu'             # 'gelu' (tanh approx.) | 'gelu_exact' | 'swiglu'
+  m.use_bias = False                # biases in attention/MLP projections
+  m.tie_embeddings = True           # output projection shares the token embedding
+  m.dropout_rate = 0.0              # dropout on embeddings and residual branches
+  m.init_std = 0.02                 # normal init std (residual projections scaled by 1/sqrt(2*layers))
+  m.dtype = 'float32'               # compute dtype: 'float32' on CPU, 'bfloat16' on GPU/TPU
+  m.param_dtype = 'float32'         # parameter (and optimizer state) dtype
+  m.attention_impl = 'auto'         # 'auto' (JAX picks) | 'xla' | 'cudnn' (GPU, bf16/fp16)
+
+  c.optim = o = config_dict.ConfigDict()
+  o.learning_rate = 3e-3            # peak learning rate
+  o.warmup_steps = 100              # linear warmup steps
+  o.min_lr_ratio = 0.1              # cosine decays to learning_rate * min_lr_ratio at train.max_steps
+  o.b1 = 0.9                        # AdamW beta1
+  o.b2 = 0.95                       # AdamW beta2
+  o.eps = 1e-8                      # AdamW epsilon
+  o.weight_decay = 0.1              # decoupled weight decay on matrices (not norms/biases)
+  o.decay_embeddings = False        # also decay embedding tables
+  o.clip_norm = 1.0                 # global gradient-norm clip (0 disables)
+
+  c.train = t = config_dict.ConfigDict()
+  t.batch_size = 32                 # global batch, in sequences
+  t.max_steps = 1000                # optimizer steps (also the length of the LR schedule)
+  t.grad_accum_steps = 1            # micro-batches per step (batch_size must divide by it)
+  t.log_every = 10                  # steps between metric records
+  t.eval_every = 200                # steps between evaluations (and one at the end)
+  t.eval_batches = 0                # validation batches per evaluation; 0 = the whole split
+
+  c.checkpoint = k = config_dict.ConfigDict()
+  k.every = 200                     # steps between checkpoints (and one at the end)
+  k.keep = 3                        # most recent checkpoints kept
+  k.async_save = True               # write checkpoints in the background
+
+  c.mesh = x = config_dict.ConfigDict()
+  x.data = -1                       # data-parallel size (-1: all remaining devices)
+  x.fsdp = 1                        # fully-sharded data-parallel size
+  x.tensor = 1                      # tensor-parallel size
+  return c

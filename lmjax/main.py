@@ -1,0 +1,59 @@
+"""Entry point: python -m lmjax.main --config=configs/default.py --workdir=DIR [--config.a.b=value ...]
+
+Holds only flags. Multi-process runs call ``jax.distributed.initialize``:
+automatically on TPU pods / SLURM / Open MPI (``--distributed=auto``), or with
+an explicit coordinator for other clusters and local tests.
+"""
+
+from __future__ import annotations
+
+import logging as std_logging
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (path[:arg]).', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, tokenizer and metrics.')
+_DISTRIBUTED = flags.DEFINE_enum('distributed', 'off', ['off', 'auto', 'explicit'],
+                                 "'auto': jax.distributed.initialize() detects the cluster; "
+                                 "'explicit': use --coordinator/--num_processes/--process_id.")
+_COORDINATOR = flags.DEFINE_string('coordinator', None, 'host:port of process 0 (explicit mode).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes (explicit mode).')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process index (explicit mode).')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def _init_distributed():
+  import jax  # pylint: disable=g-import-not-at-top
+  if _DISTRIBUTED.value == 'auto':
+    jax.distributed.initialize()
+  elif _DISTRIBUTED.value == 'explicit':
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
+                               process_id=_PROCESS_ID.value)
+
+
+def quiet_library_logs():
+  """Keep orbax's and grain's per-save INFO lines off the console; their warnings still show."""
+  def keep(record):
+    return record.levelno >= std_logging.WARNING or not any(
+        lib in record.pathname for lib in ('/orbax/', '/grain/', 'xla_bridge'))
+  std_logging.getLogger('absl').addFilter(keep)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  quiet_library_logs()
+  _init_distributed()
+  from lmjax import train  # pylint: disable=g-import-not-at-top  (after distributed init)
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except ValueError as e:  # bad input or config: one line, non-zero exit, nothing damaged
+    logging.error('%s', e)
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  app.run(main)

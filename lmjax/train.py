@@ -1,0 +1,242 @@
+"""Training orchestration: wires config, data, tokenizer, mesh, model, checkpoints and metrics.
+
+No math lives here (see steps.py / objectives.py) and no direct orbax or grain
+calls (see checkpoint.py / data/).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import logging
+
+from lmjax import checkpoint as checkpoint_lib
+from lmjax import evaluate as evaluate_lib
+from lmjax import metrics as metrics_lib
+from lmjax import objectives, optim, sharding, steps
+from lmjax import state as state_lib
+from lmjax.data import pipeline, sources
+from lmjax.data import tokenizer as tokenizer_lib
+from lmjax.models.transformer import ModelConfig, Transformer
+
+TOKENIZER_FILE = 'tokenizer.model'
+CONFIG_FILE = 'config.json'
+
+
+def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:
+  """The frozen model hyperparameters: config.model plus what the data decides."""
+  causal = config.objective == 'clm'
+  return ModelConfig(vocab_size=vocab_size, causal=causal, **config.model.to_dict())
+
+
+def load_or_train_tokenizer(config, workdir: str, train_docs) -> tokenizer_lib.Tokenizer:
+  """The workdir's tokenizer if present (resume), else a copy of data.tokenizer_path, else a new one."""
+  path = os.path.join(workdir, TOKENIZER_FILE)
+  if not os.path.exists(path):
+    if config.data.tokenizer_path:
+      tokenizer_lib.Tokenizer(config.data.tokenizer_path)  # validates before copying
+      _atomic_copy(config.data.tokenizer_path, path)
+    else:
+      # Deterministic, so every process may train its own copy (no shared filesystem needed).
+      logging.info('training a %d-token %s tokenizer on %d documents', config.data.vocab_size,
+                   config.data.tokenizer_type, len(train_docs))
+      tokenizer_lib.train_tokenizer(train_docs, path, config.data.vocab_size, config.data.tokenizer_type)
+  return tokenizer_lib.Tokenizer(path)
+
+
+def _atomic_copy(src: str, dst: str):
+  tmp = f'{dst}.tmp{os.getpid()}'
+  shutil.copyfile(src, tmp)
+  os.replace(tmp, dst)
+
+
+def _write_config(config, workdir: str):
+  tmp = os.path.join(workdir, f'{CONFIG_FILE}.tmp')
+  with open(tmp, 'w', encoding='utf-8') as f:
+    f.write(config.to_json_best_effort(indent=2))
+  os.replace(tmp, os.path.join(workdir, CONFIG_FILE))
+
+
+def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a workdir was trained with (written at the start of training)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise ValueError(f'{path} not found: --workdir must be a directory written by lmjax.main')
+  with open(path, encoding='utf-8') as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def _check_workdir(workdir: str):
+  os.makedirs(workdir, exist_ok=True)
+  if not os.access(workdir, os.W_OK):
+    raise ValueError(f'workdir {workdir} is not writable; pass a --workdir you can write to')
+
+
+class _StopRequest:
+  """First SIGINT/SIGTERM asks the loop to checkpoint and stop; a second one aborts."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGINT, signal.SIGTERM):
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    if self.requested:
+      signal.signal(signum, signal.SIG_DFL)
+      os.kill(os.getpid(), signum)
+    self.requested = True
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains until ``config.train.max_steps`` (resuming from the workdir's last checkpoint)."""
+  workdir = os.path.abspath(workdir)
+  _check_workdir(workdir)
+  is_main = jax.process_index() == 0
+  row_len = objectives.row_len(config.objective, config.data.seq_len)
+  if config.data.seq_len > config.model.max_len:
+    raise ValueError(f'data.seq_len={config.data.seq_len} exceeds model.max_len={config.model.max_len}; '
+                     'lower --config.data.seq_len or raise --config.model.max_len')
+  if config.train.batch_size % config.train.grad_accum_steps:
+    raise ValueError(f'train.batch_size={config.train.batch_size} must divide by '
+                     f'train.grad_accum_steps={config.train.grad_accum_steps}')
+
+  docs = sources.load_documents(config.data.source, config.data.paths, config.data.text_field,
+                                config.data.max_doc_chars)
+  train_docs, val_docs = sources.split_documents(docs, config.data.val_fraction, config.seed)
+  tokenizer = load_or_train_tokenizer(config, workdir, train_docs)
+  model_cfg = model_config(config, tokenizer.vocab_size)
+  model = Transformer(model_cfg)
+  if is_main:
+    _write_config(config, workdir)
+
+  mesh = sharding.make_mesh(**config.mesh.to_dict())
+  sharding.check_batch_size(config.train.batch_size, mesh)
+  tx, schedule = optim.make_optimizer(total_steps=config.train.max_steps, **config.optim.to_dict())
+  example_BL = jnp.zeros((1, config.data.seq_len), jnp.int32)
+  abstract, shardings = state_lib.abstract_state(model, tx, example_BL, mesh)
+
+  host_batch = config.train.batch_size // jax.process_count()
+  shard = dict(shard_index=jax.process_index(), shard_count=jax.process_count())
+  train_iter = pipeline.train_iterator(train_docs, tokenizer, row_len=row_len, batch_size=host_batch,
+                                       seed=config.seed, **shard)
+  eval_batches = pipeline.eval_batches(val_docs, tokenizer, row_len=row_len, batch_size=host_batch,
+                                       max_batches=config.train.eval_batches or None, **shard)
+  eval_batches = [sharding.host_to_global(b, mesh) for b in eval_batches]
+  token_bytes_V = jax.device_put(tokenizer.token_bytes(), sharding.replicated(mesh))
+
+  ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), every=config.checkpoint.every,
+                                     keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
+  start_step = ckpt.latest_step()
+  if start_step is not None:
+    state = ckpt.restore(start_step, abstract, train_iter)
+    logging.info('resumed from the checkpoint at step %d in %s', start_step, workdir)
+  else:
+    state = state_lib.create(model, tx, example_BL, mesh, jax.random.key(config.seed))[0]
+    start_step = 0
+  logging.info('model: %s parameters; mesh %s', f'{model_cfg.num_params():,}', dict(mesh.shape))
+
+  loss_fn = functools.partial(objectives.loss_fn(config.objective), model.apply)
+  batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+  train_fn = jax.jit(
+      functools.partial(steps.train_step, loss_fn=loss_fn, tx=tx,
+                        grad_accum_steps=config.train.grad_accum_steps),
+      in_shardings=(shardings, batch_sharding, replicated), out_shardings=(shardings, replicated),
+      donate_argnums=0)
+  eval_fn = jax.jit(functools.partial(steps.eval_step, loss_fn=loss_fn),
+                    in_shardings=(shardings.params, batch_sharding, replicated), out_shardings=replicated)
+
+  writer = metrics_lib.MetricWriter(workdir, enabled=is_main, resume_step=start_step)
+  loop = _Loop(config, state, train_fn, eval_fn, train_iter, eval_batches, token_bytes_V, ckpt, writer,
+               schedule, mesh, is_main)
+  try:
+    return loop.run(start_step)
+  finally:
+    ckpt.wait()
+    ckpt.close()
+    writer.close()
+
+
+@dataclasses.dataclass
+class _Loop:
+  """The step loop: dispatch step t, then read step t-1's metrics so the host never stalls the device."""
+  config: ml_collections.ConfigDict
+  state: state_lib.TrainState
+  train_fn: object
+  eval_fn: object
+  train_iter: object
+  eval_batches: list
+  token_bytes_V: jax.Array
+  ckpt: checkpoint_lib.Checkpointer
+  writer: metrics_lib.MetricWriter
+  schedule: object
+  mesh: jax.sharding.Mesh
+  is_main: bool
+
+  def run(self, start_step: int) -> dict[str, float]:
+    cfg = self.config.train
+    rng = jax.random.key(self.config.seed)
+    tokens_per_step = cfg.batch_size * self.config.data.seq_len
+    throughput = metrics_lib.Throughput(start_step)
+    bar = metrics_lib.progress_bar(start_step, cfg.max_steps, self.is_main)
+    pending, last_eval = None, {}
+    with sharding.activate(self.mesh), _StopRequest() as stop:
+      for step in range(start_step + 1, cfg.max_steps + 1):
+        batch = sharding.host_to_global(next(self.train_iter), self.mesh)
+        self.state, metrics = self.train_fn(self.state, batch, rng)
+        if pending is not None:
+          self._write(*self._train_scalars(*pending, throughput, tokens_per_step), bar)
+          pending = None
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+          pending = (step, metrics)
+        bar.update(1)
+        if step % cfg.eval_every == 0 or step == cfg.max_steps:
+          # One metrics.jsonl record per step: this step's training scalars and the evaluation.
+          scalars = self._train_scalars(*pending, throughput, tokens_per_step)[1] if pending else {}
+          pending = None
+          other_work = time.perf_counter()
+          last_eval = evaluate_lib.evaluate(self.eval_fn, self.state.params, self.eval_batches,
+                                            self.token_bytes_V)
+          self._write(step, {**scalars, **last_eval}, bar)
+          bar.write(f'step {step}: ' + ', '.join(f'{k} {v:.4g}' for k, v in last_eval.items()))
+        else:
+          other_work = time.perf_counter()
+        self.ckpt.save(step, self.state, self.train_iter, force=step == cfg.max_steps)
+        if stop.requested:
+          self.ckpt.save(step, self.state, self.train_iter, force=True)
+          bar.write(f'stopped at step {step}; checkpoint saved. Run the same command again to resume.',
+                    file=sys.stderr)
+          break
+        throughput.exclude(time.perf_counter() - other_work)
+      if pending is not None:
+        self._write(*self._train_scalars(*pending, throughput, tokens_per_step), bar)
+    bar.close()
+    return last_eval
+
+  def _train_scalars(self, step, metrics, throughput, tokens_per_step):
+    scalars = metrics_lib.summarize(jax.device_get(metrics))
+    scalars['learning_rate'] = float(self.schedule(step - 1))
+    scalars['tokens_per_sec'] = throughput.update(step, tokens_per_step)
+    return step, scalars
+
+  def _write(self, step, scalars, bar):
+    self.writer.write(step, scalars)
+    if 'loss' in scalars:
+      bar.set_postfix(loss=f"{scalars['loss']:.3f}", tok_s=f"{scalars['tokens_per_sec']:,.0f}", refresh=False)
