@@ -1,0 +1,142 @@
+"""Text generation from a trained workdir, with a KV cache.
+
+  python -m lmjax.sample --workdir=runs/default --prompt="The for statement" \
+      [--max_new_tokens=200 --temperature=0.8 --top_k=0 --top_p=0.95 --seed=0]
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from lmjax import checkpoint as checkpoint_lib
+from lmjax import optim, sharding
+from lmjax import state as state_lib
+from lmjax.models.transformer import Transformer
+
+
+def sample_logits(logits_BV, rng, *, temperature: float, top_k: int = 0, top_p: float = 1.0):
+  """Next token ids [B] from float32 logits: greedy at temperature 0, else top-k / nucleus sampling."""
+  if temperature == 0.0:
+    return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+  logits_BV = logits_BV.astype(jnp.float32) / temperature
+  if top_k > 0:
+    kth_B1 = jax.lax.top_k(logits_BV, top_k)[0][:, -1:]
+    logits_BV = jnp.where(logits_BV < kth_B1, -jnp.inf, logits_BV)
+  if top_p < 1.0:
+    sorted_BV = jnp.sort(logits_BV, axis=-1)[:, ::-1]
+    cum_BV = jnp.cumsum(jax.nn.softmax(sorted_BV, axis=-1), axis=-1)
+    # Smallest set whose mass reaches top_p: keep a token if the mass before it is < top_p.
+    keep_BV = (cum_BV - jax.nn.softmax(sorted_BV, axis=-1)) < top_p
+    cutoff_B1 = jnp.min(jnp.where(keep_BV, sorted_BV, jnp.inf), axis=-1, keepdims=True)
+    logits_BV = jnp.where(logits_BV < cutoff_B1, -jnp.inf, logits_BV)
+  return jax.random.categorical(rng, logits_BV, axis=-1).astype(jnp.int32)
+
+
+def _positions(start, length, batch):
+  return jnp.broadcast_to(start + jnp.arange(length, dtype=jnp.int32), (batch, length))
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'max_new_tokens', 'temperature', 'top_k', 'top_p'))
+def generate(model: Transformer, params, prompt_BP, rng, *, max_new_tokens: int, temperature: float = 1.0,
+             top_k: int = 0, top_p: float = 1.0):
+  """Prompt [B, P] -> new tokens [B, max_new_tokens], decoding one token per step from a KV cache."""
+  batch, prompt_len = prompt_BP.shape
+  total = prompt_len + max_new_tokens
+  cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros((batch, total), jnp.int32), decode=True)['cache']))
+  sample = functools.partial(sample_logits, temperature=temperature, top_k=top_k, top_p=top_p)
+
+  logits_BPV, variables = model.apply({'params': params, 'cache': cache}, prompt_BP,
+                                      _positions(0, prompt_len, batch), decode=True, mutable=['cache'])
+  first_B = sample(logits_BPV[:, -1], jax.random.fold_in(rng, 0))
+
+  def step(carry, i):
+    cache, token_B = carry
+    logits_B1V, variables = model.apply({'params': params, 'cache': cache}, token_B[:, None],
+                                        _positions(prompt_len + i - 1, 1, batch), decode=True,
+                                        mutable=['cache'])
+    next_B = sample(logits_B1V[:, 0], jax.random.fold_in(rng, i))
+    return (variables['cache'], next_B), next_B
+
+  _, rest_TB = jax.lax.scan(step, (variables['cache'], first_B), jnp.arange(1, max_new_tokens))
+  return jnp.concatenate([first_B[:, None], rest_TB.T], axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'max_new_tokens', 'temperature', 'top_k', 'top_p'))
+def generate_uncached(model: Transformer, params, prompt_BP, rng, *, max_new_tokens: int,
+                      temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
+  """Reference decoder without a cache: re-runs the full causal forward pass for every new token."""
+  batch, prompt_len = prompt_BP.shape
+  buf_BT = jnp.concatenate([prompt_BP, jnp.zeros((batch, max_new_tokens), jnp.int32)], axis=1)
+  sample = functools.partial(sample_logits, temperature=temperature, top_k=top_k, top_p=top_p)
+
+  def step(buf_BT, i):
+    logits_BTV = model.apply({'params': params}, buf_BT)
+    next_B = sample(logits_BTV[:, prompt_len + i - 1], jax.random.fold_in(rng, i))
+    return buf_BT.at[:, prompt_len + i].set(next_B), None
+
+  buf_BT, _ = jax.lax.scan(step, buf_BT, jnp.arange(max_new_tokens))
+  return buf_BT[:, prompt_len:]
+
+
+def load_for_inference(workdir: str):
+  """(config, model, params, tokenizer) from a training workdir's latest checkpoint."""
+  from lmjax import train  # pylint: disable=g-import-not-at-top  (thin CLI: may import data and models)
+  from lmjax.data.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
+  config = train.load_workdir_config(workdir)
+  tokenizer = Tokenizer(os.path.join(workdir, train.TOKENIZER_FILE))
+  model = Transformer(train.model_config(config, tokenizer.vocab_size))
+  ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), every=1, keep=None)
+  step = ckpt.latest_step()
+  if step is None:
+    raise ValueError(f'no checkpoint in {workdir}/checkpoints; train first with lmjax.main')
+  tx, _ = optim.make_optimizer(total_steps=config.train.max_steps, **config.optim.to_dict())
+  mesh = sharding.make_mesh(devices=jax.devices()[:1])
+  abstract, _ = state_lib.abstract_state(model, tx, jnp.zeros((1, 8), jnp.int32), mesh)
+  state = ckpt.restore(step, abstract)
+  ckpt.close()
+  return config, model, state.params, tokenizer
+
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir (checkpoints + tokenizer).')
+_PROMPT = flags.DEFINE_string('prompt', '', 'Text to continue.')
+_MAX_NEW = flags.DEFINE_integer('max_new_tokens', 200, 'Tokens to generate.')
+_TEMPERATURE = flags.DEFINE_float('temperature', 0.8, 'Softmax temperature; 0 = greedy.')
+_TOP_K = flags.DEFINE_integer('top_k', 0, 'Sample among the k most likely tokens (0 = all).')
+_TOP_P = flags.DEFINE_float('top_p', 1.0, 'Nucleus sampling mass (1 = off).')
+_SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed.')
+_NUM_SAMPLES = flags.DEFINE_integer('num_samples', 1, 'Independent completions of the prompt.')
+
+
+def main(argv):
+  del argv
+  try:
+    _, model, params, tokenizer = load_for_inference(_WORKDIR.value)
+    prompt = [tokenizer.bos_id] + tokenizer.encode(_PROMPT.value)
+    if len(prompt) + _MAX_NEW.value > model.config.max_len:
+      raise ValueError(f'prompt ({len(prompt)} tokens) + max_new_tokens ({_MAX_NEW.value}) exceeds the '
+                       f'model max_len {model.config.max_len}; shorten them')
+  except ValueError as e:
+    sys.exit(f'error: {e}')
+  prompt_BP = jnp.asarray(np.tile(prompt, (_NUM_SAMPLES.value, 1)), jnp.int32)
+  new_BT = np.asarray(generate(model, params, prompt_BP, jax.random.key(_SEED.value),
+                               max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value,
+                               top_k=_TOP_K.value, top_p=_TOP_P.value))
+  for row in new_BT:
+    ids = row.tolist()
+    if tokenizer.eos_id in ids:  # a document ends at EOS
+      ids = ids[:ids.index(tokenizer.eos_id)]
+    print(tokenizer.decode(prompt[1:] + ids))
+    print('-' * 40)
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['workdir'])
+  app.run(main)
