@@ -29,6 +29,9 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
+  def due(self, step: int) -> bool:
+    return step % self._every == 0
+
   def save(self, step: int, state, data_iterator=None, *, force: bool = False) -> bool:
     """Saves if ``step`` is a multiple of ``every`` (or ``force``); returns whether a save started."""
     if not force and step % self._every:

@@ -38,7 +38,7 @@ def quiet_library_logs():
   def keep(record):
     return record.levelno >= std_logging.WARNING or not any(
         lib in record.pathname for lib in ('/orbax/', '/grain/', 'xla_bridge'))
-  std_logging.getLogger('absl').addFilter(keep)
+  logging.get_absl_handler().addFilter(keep)  # the handler sees absl's records and the libraries' own loggers'
 
 
 def main(argv):

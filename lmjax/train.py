@@ -35,8 +35,23 @@ CONFIG_FILE = 'config.json'
 
 def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:
   """The frozen model hyperparameters: config.model plus what the data decides."""
-  causal = config.objective == 'clm'
-  return ModelConfig(vocab_size=vocab_size, causal=causal, **config.model.to_dict())
+  objectives.row_len(config.objective, 1)  # validates the objective name
+  mlm = config.objective == 'mlm'
+  return ModelConfig(vocab_size=vocab_size, causal=not mlm, mlm_head=mlm, **config.model.to_dict())
+
+
+def masking(config: ml_collections.ConfigDict, tokenizer: tokenizer_lib.Tokenizer) -> dict | None:
+  """The MLM objective's masking arguments (``objectives.mask_tokens``); None for next-token."""
+  if config.objective != 'mlm':
+    return None
+  g = config.mlm
+  if not (0 < g.mask_rate < 1 and g.mask_token_prob >= 0 and g.random_token_prob >= 0
+          and g.mask_token_prob + g.random_token_prob <= 1):
+    raise ValueError(f'mlm.mask_rate={g.mask_rate} must be in (0, 1) and mlm.mask_token_prob='
+                     f'{g.mask_token_prob} + mlm.random_token_prob={g.random_token_prob} in [0, 1]')
+  return dict(vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_id, special_ids_S=tokenizer.special_ids,
+              mask_rate=g.mask_rate, mask_token_prob=g.mask_token_prob, random_token_prob=g.random_token_prob,
+              word_starts_V=tokenizer.word_starts() if g.whole_word else None)
 
 
 def load_or_train_tokenizer(config, workdir: str, train_docs) -> tokenizer_lib.Tokenizer:
@@ -74,6 +89,32 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
     raise ValueError(f'{path} not found: --workdir must be a directory written by lmjax.main')
   with open(path, encoding='utf-8') as f:
     return ml_collections.ConfigDict(json.load(f))
+
+
+_INFERENCE_CLI = {'clm': 'python -m lmjax.sample', 'mlm': 'python -m lmjax.fill_mask'}
+
+
+def load_for_inference(workdir: str, objective: str | None = None):
+  """(config, model, params, tokenizer) from a training workdir's latest checkpoint.
+
+  With ``objective``, a workdir trained with another objective is a clear error.
+  """
+  config = load_workdir_config(workdir)
+  if objective and config.objective != objective:
+    raise ValueError(f'{workdir} holds a {config.objective!r} model, not {objective!r}; '
+                     f'use {_INFERENCE_CLI[config.objective]}')
+  tokenizer = tokenizer_lib.Tokenizer(os.path.join(workdir, TOKENIZER_FILE))
+  model = Transformer(model_config(config, tokenizer.vocab_size))
+  ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), every=1, keep=None)
+  step = ckpt.latest_step()
+  if step is None:
+    raise ValueError(f'no checkpoint in {workdir}/checkpoints; train first with lmjax.main')
+  tx, _ = optim.make_optimizer(total_steps=config.train.max_steps, **config.optim.to_dict())
+  mesh = sharding.make_mesh(devices=jax.devices()[:1])
+  abstract, _ = state_lib.abstract_state(model, tx, jnp.zeros((1, 8), jnp.int32), mesh)
+  state = ckpt.restore(step, abstract)
+  ckpt.close()
+  return config, model, state.params, tokenizer
 
 
 def _check_workdir(workdir: str):
@@ -124,6 +165,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   tokenizer = load_or_train_tokenizer(config, workdir, train_docs)
   model_cfg = model_config(config, tokenizer.vocab_size)
   model = Transformer(model_cfg)
+  logging.info('validation baselines without context: unigram perplexity %.1f, majority-token accuracy %.3f',
+               *pipeline.unigram_baselines(train_docs, val_docs, tokenizer).values())
   if is_main:
     _write_config(config, workdir)
 
@@ -153,7 +196,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     start_step = 0
   logging.info('model: %s parameters; mesh %s', f'{model_cfg.num_params():,}', dict(mesh.shape))
 
-  loss_fn = functools.partial(objectives.loss_fn(config.objective), model.apply)
+  loss_fn = functools.partial(objectives.loss_fn(config.objective, masking(config, tokenizer)), model.apply)
   batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
   train_fn = jax.jit(
       functools.partial(steps.train_step, loss_fn=loss_fn, tx=tx,
@@ -161,11 +204,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       in_shardings=(shardings, batch_sharding, replicated), out_shardings=(shardings, replicated),
       donate_argnums=0)
   eval_fn = jax.jit(functools.partial(steps.eval_step, loss_fn=loss_fn),
-                    in_shardings=(shardings.params, batch_sharding, replicated), out_shardings=replicated)
+                    in_shardings=(shardings.params, batch_sharding, replicated, replicated),
+                    out_shardings=replicated)
 
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main, resume_step=start_step)
+  flops_per_token = model_cfg.flops_per_token(config.data.seq_len)
   loop = _Loop(config, state, train_fn, eval_fn, train_iter, eval_batches, token_bytes_V, ckpt, writer,
-               schedule, mesh, is_main)
+               schedule, mesh, is_main, flops_per_token)
   try:
     return loop.run(start_step)
   finally:
@@ -189,6 +234,7 @@ class _Loop:
   schedule: object
   mesh: jax.sharding.Mesh
   is_main: bool
+  flops_per_token: float
 
   def run(self, start_step: int) -> dict[str, float]:
     cfg = self.config.train
@@ -207,7 +253,13 @@ class _Loop:
         if step % cfg.log_every == 0 or step == cfg.max_steps:
           pending = (step, metrics)
         bar.update(1)
-        if step % cfg.eval_every == 0 or step == cfg.max_steps:
+        is_eval = step % cfg.eval_every == 0 or step == cfg.max_steps
+        if is_eval or self.ckpt.due(step) or stop.requested:
+          # The host runs ahead of the device: finish the queued training steps first, so
+          # that only evaluation and checkpointing count as other work in tokens/s.
+          jax.block_until_ready(self.state)
+        other_work = time.perf_counter()
+        if is_eval:
           # One metrics.jsonl record per step: this step's training scalars and the evaluation.
           scalars = self._train_scalars(*pending, throughput, tokens_per_step)[1] if pending else {}
           pending = None
@@ -216,8 +268,6 @@ class _Loop:
                                             self.token_bytes_V)
           self._write(step, {**scalars, **last_eval}, bar)
           bar.write(f'step {step}: ' + ', '.join(f'{k} {v:.4g}' for k, v in last_eval.items()))
-        else:
-          other_work = time.perf_counter()
         self.ckpt.save(step, self.state, self.train_iter, force=step == cfg.max_steps)
         if stop.requested:
           self.ckpt.save(step, self.state, self.train_iter, force=True)
@@ -234,6 +284,8 @@ class _Loop:
     scalars = metrics_lib.summarize(jax.device_get(metrics))
     scalars['learning_rate'] = float(self.schedule(step - 1))
     scalars['tokens_per_sec'] = throughput.update(step, tokens_per_step)
+    scalars.update(metrics_lib.flops_scalars(scalars['tokens_per_sec'], self.flops_per_token, self.mesh.size,
+                                             metrics_lib.peak_flops(self.mesh.devices.flat[0])))
     return step, scalars
 
   def _write(self, step, scalars, bar):
