@@ -9,7 +9,7 @@ from ml_collections import config_dict
 def get_config():
   c = config_dict.ConfigDict()
   c.seed = 0                        # model init, dropout and data-order seed
-  c.objective = 'clm'               # 'clm': next-token (causal) language modelling
+  c.objective = 'clm'               # 'clm': next-token (causal LM, decoder) | 'mlm': masked LM (encoder)
 
   c.data = d = config_dict.ConfigDict()
   d.source = 'python_docs'          # 'python_docs' (built-in, offline) | 'text' | 'jsonl'
@@ -40,6 +40,13 @@ def get_config():
   m.dtype = 'float32'               # compute dtype: 'float32' on CPU, 'bfloat16' on GPU/TPU
   m.param_dtype = 'float32'         # parameter (and optimizer state) dtype
   m.attention_impl = 'auto'         # 'auto' (JAX picks) | 'xla' | 'cudnn' (GPU, bf16/fp16)
+  m.type_vocab_size = 0             # learned segment/type embeddings (BERT: 2); 0 = none
+
+  c.mlm = g = config_dict.ConfigDict()  # masked-LM objective (objective='mlm')
+  g.mask_rate = 0.15                # fraction of non-special tokens selected for prediction
+  g.mask_token_prob = 0.8           # of the selected: replaced by the mask token ...
+  g.random_token_prob = 0.1         # ... by a random token; the rest stay unchanged
+  g.whole_word = False              # select whole words (sentencepiece word-start pieces) together
 
   c.optim = o = config_dict.ConfigDict()
   o.learning_rate = 3e-3            # peak learning rate

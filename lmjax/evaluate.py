@@ -1,4 +1,8 @@
-"""Evaluation loops: loss, perplexity, accuracy and bits per byte over a fixed split."""
+"""Evaluation loops: loss, perplexity, accuracy and bits per byte over a fixed split.
+
+For masked-LM the same figures are over the masked positions (masks drawn from a
+fixed seed, see ``steps.eval_step``); bits per byte are next-token only.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +15,15 @@ from lmjax import metrics as metrics_lib
 
 
 def evaluate(eval_fn: Callable, params, batches: Iterable, token_bytes_V) -> dict[str, float]:
-  """Runs ``eval_fn(params, batch, token_bytes_V) -> {name: (sum, count)}`` over every batch.
+  """Runs ``eval_fn(params, batch, index, token_bytes_V) -> {name: (sum, count)}`` over every batch.
 
   Sums are accumulated on the host in float64, so the result does not depend on
   how the split is cut into batches.
   """
   total = {}
   pending = None
-  for batch in batches:
-    out = eval_fn(params, batch, token_bytes_V)
+  for index, batch in enumerate(batches):
+    out = eval_fn(params, batch, index, token_bytes_V)
     if pending is not None:  # fetch the previous batch's sums while this one runs
       total = metrics_lib.accumulate(total, jax.device_get(pending))
     pending = out

@@ -1,4 +1,4 @@
-"""Host-side metric handling: (sum, count) reduction, TensorBoard + metrics.jsonl, progress."""
+"""Host-side metric handling: (sum, count) reduction, TensorBoard + metrics.jsonl, throughput, MFU, progress."""
 
 from __future__ import annotations
 
@@ -79,6 +79,30 @@ class Throughput:
     rate = (step - self._step) * tokens_per_step / max(now - self._time, 1e-9)
     self._step, self._time = step, now
     return rate
+
+
+# Dense bf16 peak FLOP/s per device (vendor figures), by jax ``device_kind`` prefix.
+_PEAK_FLOPS = (
+    ('NVIDIA H200', 989e12), ('NVIDIA H100', 989e12), ('NVIDIA A100', 312e12), ('NVIDIA L4', 121e12),
+    ('NVIDIA A10', 125e12), ('TPU v6', 918e12), ('TPU v5p', 459e12), ('TPU v5 lite', 197e12),
+    ('TPU v5e', 197e12), ('TPU v4', 275e12), ('TPU v3', 123e12),
+)
+
+
+def peak_flops(device) -> float | None:
+  """The device's dense bf16 peak FLOP/s, or None where unknown (CPUs): MFU is then not logged."""
+  kind = getattr(device, 'device_kind', '')
+  return next((peak for prefix, peak in _PEAK_FLOPS if kind.startswith(prefix)), None)
+
+
+def flops_scalars(tokens_per_sec: float, flops_per_token: float, num_devices: int,
+                  peak_per_device: float | None) -> dict[str, float]:
+  """Achieved model TFLOP/s per device and, where the peak is known, model FLOPs utilisation."""
+  per_device = tokens_per_sec * flops_per_token / num_devices
+  out = {'tflops_per_device': per_device / 1e12}
+  if peak_per_device:
+    out['mfu'] = per_device / peak_per_device
+  return out
 
 
 def progress_bar(start: int, total: int, enabled: bool):

@@ -6,12 +6,13 @@ micro-batches, devices and eval batches; hosts divide at the end.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
-OBJECTIVES = ('clm',)
+OBJECTIVES = ('clm', 'mlm')
 
 
 def row_len(objective: str, seq_len: int) -> int:
@@ -59,5 +60,61 @@ def next_token_loss(apply_fn: Callable, params, batch, rng, *, train: bool, toke
   return nll / jnp.maximum(count, 1.0), metrics
 
 
-def loss_fn(objective: str) -> Callable:
+def mask_tokens(rng, tokens_BL, segment_ids_BL, *, vocab_size: int, mask_id: int, special_ids_S,
+                mask_rate: float = 0.15, mask_token_prob: float = 0.8, random_token_prob: float = 0.1,
+                word_starts_V=None):
+  """BERT masking on device: (inputs_BL, targets_BL, weights_BL).
+
+  Each non-special, non-padding token is selected with probability ``mask_rate``
+  (with ``word_starts_V``, whole words are selected together); a selected token
+  becomes ``mask_id`` with ``mask_token_prob``, a random non-special token with
+  ``random_token_prob``, and stays itself otherwise. ``weights_BL`` marks the
+  selected positions, the only ones the loss sees.
+  """
+  select_rng, action_rng, random_rng = jax.random.split(rng, 3)
+  special_ids_S = jnp.asarray(special_ids_S, tokens_BL.dtype)
+  eligible_BL = (segment_ids_BL != 0) & ~jnp.isin(tokens_BL, special_ids_S)
+  draw_BL = jax.random.uniform(select_rng, tokens_BL.shape)
+  if word_starts_V is not None:
+    # A word starts at a word-start piece, a special or a segment change; every piece of
+    # a word reads the draw made at its first piece.
+    new_segment_BL = jnp.pad(segment_ids_BL[:, 1:] != segment_ids_BL[:, :-1], ((0, 0), (1, 0)),
+                             constant_values=True)
+    starts_BL = jnp.asarray(word_starts_V)[tokens_BL] | new_segment_BL | ~eligible_BL
+    word_BL = jnp.cumsum(starts_BL, axis=1) - 1
+    draw_BL = jnp.take_along_axis(draw_BL, word_BL, axis=1)
+  selected_BL = eligible_BL & (draw_BL < mask_rate)
+  action_BL = jax.random.uniform(action_rng, tokens_BL.shape)
+  # Random replacements are drawn from the non-special ids only.
+  normal_ids = jnp.setdiff1d(jnp.arange(vocab_size), special_ids_S, size=vocab_size - special_ids_S.shape[0])
+  random_BL = normal_ids[jax.random.randint(random_rng, tokens_BL.shape, 0, normal_ids.shape[0])]
+  inputs_BL = jnp.where(selected_BL & (action_BL < mask_token_prob), mask_id, tokens_BL)
+  replace_BL = selected_BL & (action_BL >= mask_token_prob) & (action_BL < mask_token_prob + random_token_prob)
+  inputs_BL = jnp.where(replace_BL, random_BL.astype(tokens_BL.dtype), inputs_BL)
+  return inputs_BL, tokens_BL, selected_BL
+
+
+def masked_lm_loss(apply_fn: Callable, params, batch, rng, *, train: bool, masking: dict,
+                   token_bytes_V=None):
+  """Masked-LM loss on a packed batch of rows L long; loss and accuracy on the selected positions only.
+
+  ``masking`` holds :func:`mask_tokens`' keyword arguments. The masks come from
+  ``rng``, which the train step folds with the step number: a resumed run masks
+  exactly as the uninterrupted one. Bits per byte are not defined for MLM (it is
+  not a sequence model), so ``token_bytes_V`` is ignored.
+  """
+  del token_bytes_V
+  mask_rng, dropout_rng = jax.random.split(rng)
+  inputs_BL, targets_BL, weights_BL = mask_tokens(mask_rng, batch['tokens'], batch['segment_ids'], **masking)
+  logits_BLV = apply_fn({'params': params}, inputs_BL, batch['positions'], batch['segment_ids'],
+                        deterministic=not train, rngs={'dropout': dropout_rng})
+  metrics = cross_entropy(logits_BLV, targets_BL, weights_BL)
+  nll, count = metrics['loss']
+  return nll / jnp.maximum(count, 1.0), metrics
+
+
+def loss_fn(objective: str, masking: dict | None = None) -> Callable:
+  """The objective's loss, ``(apply_fn, params, batch, rng, *, train, token_bytes_V=None)``."""
+  if objective == 'mlm':
+    return functools.partial(masked_lm_loss, masking=masking)
   return {'clm': next_token_loss}[objective]

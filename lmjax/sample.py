@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import functools
-import os
 import sys
 
 import jax
@@ -15,9 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from lmjax import checkpoint as checkpoint_lib
-from lmjax import optim, sharding
-from lmjax import state as state_lib
+from lmjax import train
 from lmjax.models.transformer import Transformer
 
 
@@ -86,25 +83,6 @@ def generate_uncached(model: Transformer, params, prompt_BP, rng, *, max_new_tok
   return buf_BT[:, prompt_len:]
 
 
-def load_for_inference(workdir: str):
-  """(config, model, params, tokenizer) from a training workdir's latest checkpoint."""
-  from lmjax import train  # pylint: disable=g-import-not-at-top  (thin CLI: may import data and models)
-  from lmjax.data.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
-  config = train.load_workdir_config(workdir)
-  tokenizer = Tokenizer(os.path.join(workdir, train.TOKENIZER_FILE))
-  model = Transformer(train.model_config(config, tokenizer.vocab_size))
-  ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), every=1, keep=None)
-  step = ckpt.latest_step()
-  if step is None:
-    raise ValueError(f'no checkpoint in {workdir}/checkpoints; train first with lmjax.main')
-  tx, _ = optim.make_optimizer(total_steps=config.train.max_steps, **config.optim.to_dict())
-  mesh = sharding.make_mesh(devices=jax.devices()[:1])
-  abstract, _ = state_lib.abstract_state(model, tx, jnp.zeros((1, 8), jnp.int32), mesh)
-  state = ckpt.restore(step, abstract)
-  ckpt.close()
-  return config, model, state.params, tokenizer
-
-
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir (checkpoints + tokenizer).')
 _PROMPT = flags.DEFINE_string('prompt', '', 'Text to continue.')
 _MAX_NEW = flags.DEFINE_integer('max_new_tokens', 200, 'Tokens to generate.')
@@ -118,7 +96,7 @@ _NUM_SAMPLES = flags.DEFINE_integer('num_samples', 1, 'Independent completions o
 def main(argv):
   del argv
   try:
-    _, model, params, tokenizer = load_for_inference(_WORKDIR.value)
+    _, model, params, tokenizer = train.load_for_inference(_WORKDIR.value, objective='clm')
     prompt = [tokenizer.bos_id] + tokenizer.encode(_PROMPT.value)
     if len(prompt) + _MAX_NEW.value > model.config.max_len:
       raise ValueError(f'prompt ({len(prompt)} tokens) + max_new_tokens ({_MAX_NEW.value}) exceeds the '

@@ -61,7 +61,16 @@ def train_step(state: TrainState, batch, rng, *, loss_fn: Callable, tx: optax.Gr
   return new_state, metrics
 
 
-def eval_step(params, batch, token_bytes_V, *, loss_fn: Callable):
-  """Metric sums on one batch, deterministic (no dropout); bits per byte from ``token_bytes_V``."""
-  _, metrics = loss_fn(params, batch, jax.random.key(0), train=False, token_bytes_V=token_bytes_V)
+EVAL_SEED = 0
+
+
+def eval_step(params, batch, index, token_bytes_V, *, loss_fn: Callable):
+  """Metric sums on batch number ``index`` of the split, deterministic (no dropout).
+
+  Any randomness in the objective (MLM masking) comes from ``fold_in(key(EVAL_SEED),
+  index)``: every evaluation of every run sees the same masks, so numbers compare.
+  Bits per byte come from ``token_bytes_V``.
+  """
+  rng = jax.random.fold_in(jax.random.key(EVAL_SEED), index)
+  _, metrics = loss_fn(params, batch, rng, train=False, token_bytes_V=token_bytes_V)
   return metrics

@@ -3,6 +3,7 @@
 import glob
 import importlib.util
 import os
+import re
 
 import pytest
 from ml_collections import config_dict
@@ -22,11 +23,21 @@ def _load(path):
 
 
 def _variants(path):
-  """A config file's get_config args: the sizes for gpt-style files, none otherwise."""
+  """A config file's get_config args: its named sizes where it has them, none otherwise."""
   module = _load(path)
-  if os.path.basename(path) == 'gpt.py':
+  name = os.path.basename(path)
+  if name == 'gpt.py':
     return [(module, s) for s in SIZES]
+  if name == 'bert.py':
+    return [(module, s) for s in module._SIZES]  # pylint: disable=protected-access
   return [(module, None)]
+
+
+def _keys(c, prefix=''):
+  out = set()
+  for k, v in c.items():
+    out |= _keys(v, f'{prefix}{k}.') if isinstance(v, config_dict.ConfigDict) else {prefix + k}
+  return out
 
 
 CASES = [(os.path.basename(p), m, a) for p in CONFIG_FILES for m, a in _variants(p)]
@@ -43,13 +54,14 @@ def test_config_loads_and_locks(name, module, arg):
     c.train.max_steps = 'many'
   ModelConfig(vocab_size=c.data.vocab_size, **c.model.to_dict())  # validates the model fields
   assert c.data.seq_len <= c.model.max_len, name
+  # Experiments only override: a key base.py does not declare would be a silent typo.
+  assert _keys(c) == _keys(_load(os.path.join(REPO, 'configs', 'base.py')).get_config()), name
 
 
 def test_every_base_key_has_a_comment():
   """base.py declares each key once, each with a comment saying what it means."""
   lines = open(os.path.join(REPO, 'configs', 'base.py'), encoding='utf-8').read().splitlines()
-  assigns = [l for l in lines if '=' in l and l.strip().startswith(('c.', 'd.', 'm.', 'o.', 't.', 'k.', 'x.'))
-             and 'ConfigDict()' not in l]
+  assigns = [l for l in lines if re.match(r'\s*[a-z]\.\w+\s*=', l) and 'ConfigDict()' not in l]
   assert assigns
   for line in assigns:
     assert '#' in line, f'undocumented config key: {line.strip()}'

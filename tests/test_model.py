@@ -94,9 +94,25 @@ def test_gpt2_parameter_count():
   assert cfg.num_params() == 124_439_808
 
 
-def test_every_param_has_logical_names():
+def test_bert_base_encoder_shapes_and_count():
+  """configs/bert.py:base as an encoder: eval_shape only, and BERT-base's 110M parameters."""
+  layers, dim, heads, mlp = SIZES['gpt2']
+  cfg = ModelConfig(vocab_size=30522, num_layers=layers, embed_dim=dim, num_heads=heads, mlp_dim=mlp,
+                    max_len=512, positions='learned', norm='layernorm', use_bias=True, causal=False,
+                    mlm_head=True, type_vocab_size=2, activation='gelu_exact')
+  shapes = nn.meta.unbox(jax.eval_shape(
+      lambda: Transformer(cfg).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))))
+  n = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes['params']))
+  assert n == cfg.num_params()
+  # Hugging Face's BertForMaskedLM (no pooler) has 109,514,298. Pre-norm moves BERT's embedding
+  # LayerNorm to the end of the stack (final_norm): same count.
+  assert n == 109_514_298
+
+
+@pytest.mark.parametrize('mlm', [False, True])
+def test_every_param_has_logical_names(mlm):
   cfg = ModelConfig(**SMALL, use_bias=True, norm='layernorm', positions='learned', tie_embeddings=False,
-                    activation='swiglu')
+                    activation='swiglu', causal=not mlm, mlm_head=mlm, type_vocab_size=2 if mlm else 0)
   boxed = jax.eval_shape(lambda: Transformer(cfg).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))
   leaves = jax.tree.leaves(boxed['params'], is_leaf=lambda x: isinstance(x, nn.Partitioned))
   assert leaves and all(isinstance(x, nn.Partitioned) for x in leaves)

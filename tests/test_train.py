@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -39,8 +40,8 @@ def tiny_config(corpus, **overrides):
   c.checkpoint.every, c.checkpoint.async_save = 3, False
   c.optim.warmup_steps, c.optim.learning_rate = 2, 1e-2
   for k, v in overrides.items():
-    section, key = k.split('.')
-    setattr(c[section], key, v)
+    section, _, key = k.rpartition('.')
+    setattr(c[section] if section else c, key, v)
   return c
 
 
@@ -50,19 +51,15 @@ def _losses(workdir):
 
 
 def _latest_params(workdir):
-  from lmjax.sample import load_for_inference  # pylint: disable=g-import-not-at-top
-  return jax.device_get(load_for_inference(workdir)[2])
+  return jax.device_get(train.load_for_inference(workdir)[2])
 
 
-def _unigram_perplexity(config, workdir):
-  """Perplexity on the validation split of the best context-free model (train-set token frequencies)."""
-  from lmjax.data import sources, tokenizer  # pylint: disable=g-import-not-at-top
+def _baselines(config, workdir):
+  from lmjax.data import pipeline, sources, tokenizer  # pylint: disable=g-import-not-at-top
   docs = sources.load_documents('text', config.data.paths, 'text', config.data.max_doc_chars)
   train_docs, val_docs = sources.split_documents(docs, config.data.val_fraction, config.seed)
   tok = tokenizer.Tokenizer(os.path.join(workdir, 'tokenizer.model'))
-  counts = np.bincount(np.concatenate([tok.encode(d) for d in train_docs]), minlength=tok.vocab_size) + 0.5
-  val = np.concatenate([tok.encode(d) for d in val_docs])
-  return float(np.exp(-np.log(counts[val] / counts.sum()).mean()))
+  return pipeline.unigram_baselines(train_docs, val_docs, tok)
 
 
 def test_train_writes_artifacts_and_learns(corpus, tmp_path):
@@ -76,20 +73,38 @@ def test_train_writes_artifacts_and_learns(corpus, tmp_path):
   losses = _losses(str(tmp_path))
   assert np.mean([losses[s] for s in range(191, 201)]) < losses[1] - 1.0
   # Beating the unigram model on held-out text means the model uses context, not just token counts.
-  assert result['eval_perplexity'] < 0.9 * _unigram_perplexity(c, str(tmp_path))
+  assert result['eval_perplexity'] < 0.9 * _baselines(c, str(tmp_path))['unigram_perplexity']
   assert 0 < result['eval_bits_per_byte'] < 8
   records = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl', encoding='utf-8')]
   assert {'loss', 'learning_rate', 'tokens_per_sec', 'grad_norm'} <= set(records[0])
   assert 'eval_perplexity' in records[-1]
 
 
-def test_resume_reproduces_uninterrupted_run(corpus, tmp_path):
-  """Train 6 steps; drop the step-6 checkpoint; rerun: resumes at 3 and lands on the same params."""
+def test_mlm_learns_beyond_the_unigram_baseline(corpus, tmp_path):
+  c = tiny_config(corpus, **{'objective': 'mlm', 'train.max_steps': 300, 'train.eval_every': 300,
+                             'train.eval_batches': 0, 'model.embed_dim': 64, 'model.mlp_dim': 256,
+                             'model.num_layers': 2, 'train.batch_size': 32, 'data.seq_len': 64,
+                             'mlm.whole_word': True, 'optim.learning_rate': 3e-3,
+                             'optim.warmup_steps': 20})
+  result = train.train_and_evaluate(c, str(tmp_path))
+  baseline = _baselines(c, str(tmp_path))['majority_accuracy']
+  assert result['eval_accuracy'] > baseline + 0.05, (result, baseline)
+  assert 'eval_bits_per_byte' not in result  # not defined for a masked LM
+  losses = _losses(str(tmp_path))
+  assert np.mean([losses[s] for s in range(291, 301)]) < losses[1] - 1.0
+
+
+@pytest.mark.parametrize('objective', ['clm', 'mlm'])
+def test_resume_reproduces_uninterrupted_run(corpus, tmp_path, objective):
+  """Train 6 steps; drop the step-6 checkpoint; rerun: resumes at 3 and lands on the same params.
+
+  For MLM, equal losses at steps 4-6 also mean equal masks (they are drawn from fold_in(rng, step)).
+  """
   workdir = str(tmp_path)
-  train.train_and_evaluate(tiny_config(corpus), workdir)
+  train.train_and_evaluate(tiny_config(corpus, objective=objective), workdir)
   straight_params, straight_losses = _latest_params(workdir), _losses(workdir)
   shutil.rmtree(os.path.join(workdir, 'checkpoints', '6'))
-  train.train_and_evaluate(tiny_config(corpus), workdir)
+  train.train_and_evaluate(tiny_config(corpus, objective=objective), workdir)
   resumed_losses = _losses(workdir)
   assert sorted(resumed_losses) == list(range(1, 7))  # steps 4-6 re-logged once, not duplicated
   for step in (4, 5, 6):
@@ -128,6 +143,24 @@ def test_cli_trains_and_samples(corpus, tmp_path):
                        text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   assert out.stdout.startswith('The') and len(out.stdout.split()) > 3
+
+
+def test_cli_fill_mask(corpus, tmp_path):
+  proc = _main(_cli_args(corpus, tmp_path, '--config.objective=mlm', '--config.train.max_steps=10',
+                         '--config.train.eval_every=10'))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS='', JAX_PLATFORMS='cpu')
+  run = lambda module, *a: subprocess.run([sys.executable, '-m', module, f'--workdir={tmp_path}', *a], cwd=REPO,
+                                          env=env, capture_output=True, text=True, timeout=300)
+  out = run('lmjax.fill_mask', '--text=The <M> statement and the <M>.', '--mask_marker=<M>', '--top_k=3')
+  assert out.returncode == 0, out.stderr[-3000:]
+  lines = out.stdout.splitlines()
+  assert lines[1].startswith('<M> #1: ') and lines[2].startswith('<M> #2: ') and len(lines) == 3
+  assert len(re.findall(r'\((0\.\d+|1\.000)\)', lines[1])) == 3
+  out = run('lmjax.fill_mask', '--text=no marker here')
+  assert out.returncode != 0 and 'mask marker' in out.stderr.strip().splitlines()[-1]
+  out = run('lmjax.sample', '--prompt=The')
+  assert out.returncode != 0 and 'fill_mask' in out.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize('override,expected', [

@@ -66,3 +66,17 @@ def eval_batches(docs: list[str], tokenizer: Tokenizer, *, row_len: int, batch_s
     missing = batch_size - batch['tokens'].shape[0]
     batches.append({k: np.pad(v, ((0, missing), (0, 0))) for k, v in batch.items()})
   return batches
+
+
+def unigram_baselines(train_docs: list[str], val_docs: list[str], tokenizer: Tokenizer) -> dict[str, float]:
+  """Context-free reference points for the validation split, from training-split token counts.
+
+  ``unigram_perplexity``: perplexity of the token frequencies (add-0.5 smoothing);
+  ``majority_accuracy``: accuracy of always guessing the most frequent token. A model
+  that beats them uses context, not just counts.
+  """
+  counts_V = np.bincount(np.concatenate([tokenizer.encode(d) for d in train_docs]),
+                         minlength=tokenizer.vocab_size) + 0.5
+  val = np.concatenate([tokenizer.encode(d) for d in val_docs])
+  return {'unigram_perplexity': float(np.exp(-np.log(counts_V[val] / counts_V.sum()).mean())),
+          'majority_accuracy': float(np.mean(val == counts_V.argmax()))}

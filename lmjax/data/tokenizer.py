@@ -44,9 +44,31 @@ class Tokenizer:
   def encode(self, text: str) -> list[int]:
     return self._sp.EncodeAsIds(text)
 
+  def id_to_piece(self, i: int) -> str:
+    return self._sp.IdToPiece(int(i))
+
+  def piece_to_id(self, piece: str) -> int:
+    return self._sp.PieceToId(piece)
+
   def decode(self, ids) -> str:
     specials = {PAD, BOS, EOS, self.mask_id}
     return self._sp.DecodeIds([int(i) for i in ids if int(i) not in specials])
+
+  @property
+  def special_ids(self) -> tuple[int, ...]:
+    """Ids that are never masked or predicted by masked-LM: pad, cls/bos, sep/eos, mask."""
+    return (PAD, BOS, EOS, self.mask_id)
+
+  def word_starts(self) -> np.ndarray:
+    """bool [vocab]: the piece begins a word (sentencepiece's '▁' marker, a newline or a special).
+
+    Whole-word masking groups each word-start piece with the pieces that follow it.
+    """
+    out = np.zeros(self.vocab_size, bool)
+    for i in range(self.vocab_size):
+      piece = self._sp.IdToPiece(i)
+      out[i] = piece.startswith('\u2581') or piece == '\n' or self._sp.IsControl(i) or self._sp.IsUnknown(i)
+    return out
 
   def token_bytes(self) -> np.ndarray:
     """UTF-8 bytes each id adds to decoded text ('▁' = one space; byte pieces 1; specials 0)."""

@@ -182,3 +182,20 @@ class Block(nn.Module):
     h_BLD = Mlp(self.cfg, name='mlp')(Norm(self.cfg, name='mlp_norm')(x_BLD))
     x_BLD = x_BLD + drop(h_BLD, deterministic=deterministic)
     return _constrain(x_BLD, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED))
+
+
+class MlmTransform(nn.Module):
+  """BERT's masked-LM head transform: dense D -> D (with bias), activation, norm.
+
+  The Transformer applies it before the (tied) output projection, whose bias it adds.
+  """
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BLD):
+    cfg = self.cfg
+    D = cfg.embed_dim
+    h_BLD = Linear('BLD,DE->BLE', (D, D), (axes.EMBED, None), (None,), cfg.init_std,
+                   cfg.compute_dtype, cfg.weight_dtype, name='dense')(x_BLD)
+    h_BLD = nn.gelu(h_BLD, approximate=cfg.activation == 'gelu')
+    return Norm(cfg, name='norm')(h_BLD)

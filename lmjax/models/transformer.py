@@ -37,7 +37,9 @@ class ModelConfig:
   embed_dim: int = 128
   num_heads: int = 4
   mlp_dim: int = 512
-  causal: bool = True
+  causal: bool = True            # False: bidirectional encoder
+  mlm_head: bool = False         # masked-LM head: dense + activation + norm before the output, plus a bias
+  type_vocab_size: int = 0       # learned segment/type embeddings (BERT's token types); 0 = none
   positions: str = 'rope'        # 'rope' | 'learned'
   rope_base: float = 10_000.0
   norm: str = 'rmsnorm'          # 'rmsnorm' | 'layernorm'
@@ -87,10 +89,26 @@ class ModelConfig:
     if self.activation == 'swiglu' and bias:
       mlp += F
     total = self.num_layers * (attn + mlp + 2 * norm) + norm
+    if self.mlm_head:
+      total += D * D + D + norm
     if include_embeddings:
       total += V * D * (1 if self.tie_embeddings else 2)
       total += self.max_len * D if self.positions == 'learned' else 0
+      total += self.type_vocab_size * D
+      total += V if self.mlm_head else 0
     return total
+
+  def flops_per_token(self, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward = 3x forward), PaLM-style.
+
+    Matmuls: 6 per parameter that multiplies (all but embedding lookups, plus
+    the output projection). Attention scores and values: 12 * layers * seq_len * D
+    for bidirectional attention; a causal model needs only half the score matrix.
+    """
+    D, V = self.embed_dim, self.vocab_size
+    matmul = self.num_params(include_embeddings=False) + V * D
+    attention = 12 * self.num_layers * seq_len * D
+    return 6 * matmul + (attention / 2 if self.causal else attention)
 
 
 def _check(ok: bool, message: str):
@@ -101,14 +119,15 @@ def _check(ok: bool, message: str):
 class Transformer(nn.Module):
   """Token ids -> float32 logits over the vocabulary.
 
-  ``causal=True`` is a GPT-style decoder; ``False`` a BERT-style encoder. Packed
+  ``causal=True`` is a GPT-style decoder; ``False`` a BERT-style encoder (same
+  blocks, bidirectional mask; with ``mlm_head``, BERT's output transform). Packed
   sequences pass ``segment_ids_BL`` (0 = padding) so tokens attend only within
   their own document, and ``positions_BL`` so positions restart per document.
   """
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, tokens_BL, positions_BL=None, segment_ids_BL=None, *,
+  def __call__(self, tokens_BL, positions_BL=None, segment_ids_BL=None, type_ids_BL=None, *,
                deterministic: bool = True, decode: bool = False):
     cfg = self.config
     batch, length = tokens_BL.shape
@@ -124,6 +143,12 @@ class Transformer(nn.Module):
       pos_init = nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std), (None, axes.EMBED))
       pos_embed_LD = self.param('pos_embed', pos_init, (cfg.max_len, cfg.embed_dim), cfg.weight_dtype)
       x_BLD = x_BLD + pos_embed_LD.astype(cfg.compute_dtype)[positions_BL]
+    if cfg.type_vocab_size:
+      type_init = nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std), (None, axes.EMBED))
+      type_embed_TD = self.param('type_embed', type_init, (cfg.type_vocab_size, cfg.embed_dim), cfg.weight_dtype)
+      if type_ids_BL is None:
+        type_ids_BL = jnp.zeros((batch, length), jnp.int32)
+      x_BLD = x_BLD + type_embed_TD.astype(cfg.compute_dtype)[type_ids_BL]
     x_BLD = nn.Dropout(cfg.dropout_rate)(x_BLD, deterministic=deterministic)
     x_BLD = nn.with_logical_constraint(x_BLD, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED))
 
@@ -133,6 +158,8 @@ class Transformer(nn.Module):
       x_BLD = layers.Block(cfg, name=f'block_{i}')(x_BLD, positions_BL, mask_B1LS,
                                                    deterministic=deterministic, decode=decode)
     x_BLD = layers.Norm(cfg, name='final_norm')(x_BLD)
+    if cfg.mlm_head:
+      x_BLD = layers.MlmTransform(cfg, name='mlm_head')(x_BLD)
 
     if cfg.tie_embeddings:
       out_VD = embedding_VD
@@ -142,4 +169,7 @@ class Transformer(nn.Module):
     # Low-precision inputs, float32 accumulation and output: the softmax and loss stay exact.
     logits_BLV = jnp.einsum('BLD,VD->BLV', x_BLD, out_VD.astype(cfg.compute_dtype),
                             preferred_element_type=jnp.float32)
+    if cfg.mlm_head:
+      bias_init = nn.with_logical_partitioning(nn.initializers.zeros, (axes.VOCAB,))
+      logits_BLV = logits_BLV + self.param('output_bias', bias_init, (cfg.vocab_size,), cfg.weight_dtype)
     return nn.with_logical_constraint(logits_BLV, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_VOCAB))
