@@ -41,6 +41,32 @@ def quiet_library_logs():
   logging.get_absl_handler().addFilter(keep)  # the handler sees absl's records and the libraries' own loggers'
 
 
+def parse_flags(argv):
+  """absl's parser, plus a one-line error for a --config.key that the config does not declare.
+
+  ml_collections raises KeyError/AttributeError (with a traceback) for those.
+  """
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:  # e.g. a wrongly typed value: absl names the flag
+    _fail(str(e))
+  except (KeyError, AttributeError) as e:
+    message = e.args[0] if e.args else str(e)
+    if isinstance(message, KeyError):
+      message = message.args[0]
+    name, _, hint = str(message).partition('\n')
+    name = name.strip('\'"')
+    flag = next((a.split('=')[0] for a in argv if a.startswith('--config.') and name in a.split('=')[0]),
+                f'--config...{name}')
+    _fail(f'{flag}: no such config key{" (" + hint + ")" if hint else ""}; '
+          'every key is declared in configs/base.py')
+
+
+def _fail(message: str):
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -51,9 +77,8 @@ def main(argv):
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except ValueError as e:  # bad input or config: one line, non-zero exit, nothing damaged
     logging.error('%s', e)
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    _fail(str(e))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -166,12 +166,13 @@ def test_cli_fill_mask(corpus, tmp_path):
 @pytest.mark.parametrize('override,expected', [
     ('--config.train.not_a_key=1', 'not_a_key'),
     ('--config.train.max_steps=many', 'max_steps'),
+    ('--config.trian.max_steps=5', 'Did you mean "train"'),
 ])
 def test_cli_rejects_bad_override_in_one_line(corpus, tmp_path, override, expected):
   proc = _main(_cli_args(corpus, tmp_path, override))
-  assert proc.returncode != 0
-  errors = [l for l in proc.stderr.splitlines() if expected in l]
-  assert errors, proc.stderr[-2000:]
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [proc.stderr.strip()], proc.stderr[-2000:]  # one line
+  assert proc.stderr.startswith('error: ') and expected in proc.stderr
   assert not os.path.exists(tmp_path / 'checkpoints')
 
 
