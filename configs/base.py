@@ -41,6 +41,8 @@ def get_config():
   m.param_dtype = 'float32'         # parameter (and optimizer state) dtype
   m.attention_impl = 'auto'         # 'auto' (JAX picks) | 'xla' | 'cudnn' (GPU, bf16/fp16)
   m.type_vocab_size = 0             # learned segment/type embeddings (BERT: 2); 0 = none
+  m.remat = 'none'                  # activation checkpointing: 'none' | 'full' | 'dots' | 'dots_no_batch'
+  m.scan_layers = False             # nn.scan over the blocks (compile time flat in depth)
 
   c.mlm = g = config_dict.ConfigDict()  # masked-LM objective (objective='mlm')
   g.mask_rate = 0.15                # fraction of non-special tokens selected for prediction

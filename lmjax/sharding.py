@@ -13,6 +13,7 @@ import math
 
 import flax.linen as nn
 import jax
+from absl import logging
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
@@ -21,16 +22,22 @@ from lmjax import axes
 MESH_AXES = ('data', 'fsdp', 'tensor')
 BATCH_AXES = ('data', 'fsdp')  # the batch is split over every data-parallel axis
 
-# (logical name, mesh axis or None). Parameters: FSDP shards EMBED, tensor
-# parallelism shards HEADS / MLP / VOCAB. Activations keep EMBED whole.
+# (logical name, mesh axis or None), tried in order: a name takes the first rule whose
+# mesh axes are not yet used by another dim of the same array. Parameters: FSDP
+# shards EMBED; tensor parallelism shards HEADS / MLP / VOCAB, which fall back to
+# FSDP where the mesh has no tensor axis (so biases are sharded too). Activations
+# keep EMBED whole.
 RULES = (
     (axes.BATCH, BATCH_AXES),
     (axes.LENGTH, None),
     (axes.EMBED, 'fsdp'),
     (axes.HEADS, 'tensor'),
+    (axes.HEADS, 'fsdp'),
     (axes.KV, None),
     (axes.MLP, 'tensor'),
+    (axes.MLP, 'fsdp'),
     (axes.VOCAB, 'tensor'),
+    (axes.VOCAB, 'fsdp'),
     (axes.LAYERS, None),
     (axes.CLASSES, None),
     (axes.ACT_BATCH, BATCH_AXES),
@@ -40,6 +47,19 @@ RULES = (
     (axes.ACT_MLP, 'tensor'),
     (axes.ACT_VOCAB, 'tensor'),
 )
+
+
+def rules_for(mesh: Mesh, rules=RULES):
+  """``rules`` without this mesh's size-1 axes, so that fallbacks apply (a size-1 axis shards nothing)."""
+  def live(target):
+    names = (target,) if isinstance(target, str) else tuple(target or ())
+    kept = tuple(n for n in names if mesh.shape[n] > 1)
+    return kept[0] if len(kept) == 1 else (kept or None)
+  out = [(name, live(target)) for name, target in rules]
+  # A name whose rules all lost their axes keeps one rule mapping it to None (replicated).
+  return tuple((n, t) for i, (n, t) in enumerate(out)
+               if t is not None or (all(t2 is None for n2, t2 in out if n2 == n) and
+                                    all(n2 != n for n2, _ in out[:i])))
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
@@ -63,14 +83,32 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> M
 @contextlib.contextmanager
 def activate(mesh: Mesh, rules=RULES):
   """Context under which model code's logical constraints resolve to ``mesh``."""
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules_for(mesh, rules)):
     yield
 
 
 def logical_to_shardings(abstract_boxed_tree, mesh: Mesh, rules=RULES):
-  """NamedShardings for a tree whose leaves carry ``nn.Partitioned`` names."""
+  """NamedShardings for a tree whose leaves carry ``nn.Partitioned`` names.
+
+  A dim whose size the assigned mesh axes do not divide (e.g. 12 heads on a
+  tensor axis of 8) stays whole, with a warning, rather than failing to compile.
+  """
   specs = nn.get_partition_spec(abstract_boxed_tree)
-  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+  shardings = nn.logical_to_mesh_sharding(specs, mesh, rules_for(mesh, rules))
+  shapes = nn.meta.unbox(abstract_boxed_tree)
+  return jax.tree.map(lambda sh, x: _fit(sh, x.shape, mesh), shardings, shapes)
+
+
+def _fit(named: NamedSharding, shape, mesh: Mesh) -> NamedSharding:
+  spec = tuple(named.spec) + (None,) * (len(shape) - len(named.spec))
+  fitted = []
+  for dim, target in zip(shape, spec):
+    names = (target,) if isinstance(target, str) else tuple(target or ())
+    if dim % math.prod(mesh.shape[n] for n in names):
+      logging.warning('a dim of size %d does not divide over mesh axes %s: kept whole', dim, names)
+      target = None
+    fitted.append(target)
+  return NamedSharding(mesh, P(*fitted))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -10,9 +10,9 @@ from lmjax.models.transformer import ModelConfig, Transformer
 from lmjax.sample import generate, generate_uncached, sample_logits
 
 
-def _model(positions):
+def _model(positions, **kw):
   cfg = ModelConfig(vocab_size=61, num_layers=2, embed_dim=32, num_heads=4, mlp_dim=64, max_len=64,
-                    positions=positions, init_std=0.2)  # large init: peaked, non-trivial distributions
+                    positions=positions, init_std=0.2, **kw)  # large init: peaked, non-trivial distributions
   model = Transformer(cfg)
   params = nn.meta.unbox(model.init(jax.random.key(1), jnp.zeros((1, 8), jnp.int32))['params'])
   return model, params
@@ -30,6 +30,15 @@ def test_kv_cache_equals_uncached(positions, temperature, top_k, top_p):
   np.testing.assert_array_equal(cached, uncached)
   if temperature:  # the samples are not all one token: the comparison has teeth
     assert len(np.unique(np.asarray(cached))) > 3
+
+
+def test_kv_cache_with_scanned_layers():
+  """The cache is stacked along the layer axis under nn.scan; decoding is unchanged."""
+  model, params = _model('rope', scan_layers=True, remat='full')
+  prompt = jnp.asarray(np.random.default_rng(0).integers(5, 61, (2, 5)), jnp.int32)
+  kw = dict(max_new_tokens=12, temperature=1.0)
+  np.testing.assert_array_equal(generate(model, params, prompt, jax.random.key(3), **kw),
+                                generate_uncached(model, params, prompt, jax.random.key(3), **kw))
 
 
 def test_top_k_and_top_p_restrict_support():

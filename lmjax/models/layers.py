@@ -102,7 +102,7 @@ class Attention(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BLD, positions_BL, mask_B1LS, *, deterministic: bool, decode: bool):
+  def __call__(self, x_BLD, positions_BL, mask_B1LS, *, decode: bool):
     cfg = self.cfg
     D, H, K = cfg.embed_dim, cfg.num_heads, cfg.head_dim
     bias = (axes.HEADS, axes.KV) if cfg.use_bias else None
@@ -170,18 +170,25 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-norm Transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+  """Pre-norm Transformer block: x + attn(norm(x)), then x + mlp(norm(x)).
+
+  The mode flags are fields, not call arguments, so ``nn.remat`` and ``nn.scan``
+  see only arrays; ``scanned`` returns ``(x, None)``, the (carry, output) pair scan wants.
+  """
   cfg: ModelConfig
+  deterministic: bool = True
+  decode: bool = False
+  scanned: bool = False
 
   @nn.compact
-  def __call__(self, x_BLD, positions_BL, mask_B1LS, *, deterministic: bool, decode: bool):
-    drop = nn.Dropout(self.cfg.dropout_rate)
+  def __call__(self, x_BLD, positions_BL, mask_B1LS):
+    drop = nn.Dropout(self.cfg.dropout_rate, deterministic=self.deterministic)
     h_BLD = Attention(self.cfg, name='attn')(Norm(self.cfg, name='attn_norm')(x_BLD), positions_BL,
-                                             mask_B1LS, deterministic=deterministic, decode=decode)
-    x_BLD = x_BLD + drop(h_BLD, deterministic=deterministic)
+                                             mask_B1LS, decode=self.decode)
+    x_BLD = x_BLD + drop(h_BLD)
     h_BLD = Mlp(self.cfg, name='mlp')(Norm(self.cfg, name='mlp_norm')(x_BLD))
-    x_BLD = x_BLD + drop(h_BLD, deterministic=deterministic)
-    return _constrain(x_BLD, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED))
+    x_BLD = _constrain(x_BLD + drop(h_BLD), (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED))
+    return (x_BLD, None) if self.scanned else x_BLD
 
 
 class MlmTransform(nn.Module):
@@ -195,7 +202,8 @@ class MlmTransform(nn.Module):
   def __call__(self, x_BLD):
     cfg = self.cfg
     D = cfg.embed_dim
-    h_BLD = Linear('BLD,DE->BLE', (D, D), (axes.EMBED, None), (None,), cfg.init_std,
+    # The output dim is named like an MLP hidden dim so that tensor parallelism (or FSDP) splits it.
+    h_BLD = Linear('BLD,DE->BLE', (D, D), (axes.EMBED, axes.MLP), (axes.MLP,), cfg.init_std,
                    cfg.compute_dtype, cfg.weight_dtype, name='dense')(x_BLD)
     h_BLD = nn.gelu(h_BLD, approximate=cfg.activation == 'gelu')
     return Norm(cfg, name='norm')(h_BLD)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from lmjax import axes
@@ -25,6 +26,15 @@ SIZES = {
     'gpt2-medium': (24, 1024, 16, 4096),  # GPT-2 350M / BERT-large
     'gpt2-large': (36, 1280, 20, 5120),
     'gpt2-xl': (48, 1600, 25, 6400),
+}
+
+
+# What the backward pass may keep from the forward pass of each block (the rest is recomputed).
+REMAT_POLICIES = {
+    'none': None,                                             # no remat: keep everything
+    'full': jax.checkpoint_policies.nothing_saveable,         # keep only block inputs: least memory
+    'dots': jax.checkpoint_policies.checkpoint_dots,          # keep matmul outputs, recompute elementwise
+    'dots_no_batch': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,  # keep weight matmuls only
 }
 
 
@@ -52,6 +62,8 @@ class ModelConfig:
   dtype: str = 'float32'         # compute dtype
   param_dtype: str = 'float32'
   attention_impl: str = 'auto'   # 'auto' (JAX picks) | 'xla' | 'cudnn'
+  remat: str = 'none'            # activation checkpointing policy, see REMAT_POLICIES
+  scan_layers: bool = False      # one nn.scan over the blocks: compile time flat in depth
 
   def __post_init__(self):
     _check(self.embed_dim % self.num_heads == 0,
@@ -61,6 +73,7 @@ class ModelConfig:
     _check(self.activation in ('gelu', 'gelu_exact', 'swiglu'),
            f"activation={self.activation!r}: use 'gelu', 'gelu_exact' or 'swiglu'")
     _check(self.positions != 'rope' or self.head_dim % 2 == 0, f'rope needs an even head_dim, got {self.head_dim}')
+    _check(self.remat in REMAT_POLICIES, f"remat={self.remat!r}: use one of {', '.join(REMAT_POLICIES)}")
     _check(self.attention_impl in ('auto', 'xla', 'cudnn'),
            f"attention_impl={self.attention_impl!r}: use 'auto', 'xla' or 'cudnn'")
     for name in ('dtype', 'param_dtype'):
@@ -154,9 +167,7 @@ class Transformer(nn.Module):
 
     # In decode mode each attention layer builds its mask from its cache.
     mask_B1LS = None if decode else layers.attention_mask(segment_ids_BL, cfg.causal)
-    for i in range(cfg.num_layers):
-      x_BLD = layers.Block(cfg, name=f'block_{i}')(x_BLD, positions_BL, mask_B1LS,
-                                                   deterministic=deterministic, decode=decode)
+    x_BLD = self._blocks(x_BLD, positions_BL, mask_B1LS, deterministic, decode)
     x_BLD = layers.Norm(cfg, name='final_norm')(x_BLD)
     if cfg.mlm_head:
       x_BLD = layers.MlmTransform(cfg, name='mlm_head')(x_BLD)
@@ -173,3 +184,24 @@ class Transformer(nn.Module):
       bias_init = nn.with_logical_partitioning(nn.initializers.zeros, (axes.VOCAB,))
       logits_BLV = logits_BLV + self.param('output_bias', bias_init, (cfg.vocab_size,), cfg.weight_dtype)
     return nn.with_logical_constraint(logits_BLV, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_VOCAB))
+
+  def _blocks(self, x_BLD, positions_BL, mask_B1LS, deterministic: bool, decode: bool):
+    """The layer stack: a Python loop ('block_<i>'), or one ``nn.scan`` over stacked params ('blocks').
+
+    Scan compiles one block whatever the depth; its parameters gain a leading
+    LAYERS axis. Remat recomputes activations in the backward pass per ``cfg.remat``.
+    """
+    cfg = self.config
+    block = layers.Block
+    if cfg.remat != 'none':
+      block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+    kw = dict(deterministic=deterministic, decode=decode)
+    if not cfg.scan_layers:
+      for i in range(cfg.num_layers):
+        x_BLD = block(cfg, **kw, name=f'block_{i}')(x_BLD, positions_BL, mask_B1LS)
+      return x_BLD
+    stack = nn.scan(block, variable_axes={'params': 0, 'cache': 0}, split_rngs={'params': True, 'dropout': True},
+                    in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,
+                    metadata_params={nn.PARTITION_NAME: axes.LAYERS})
+    x_BLD, _ = stack(cfg, **kw, scanned=True, name='blocks')(x_BLD, positions_BL, mask_B1LS)
+    return x_BLD
