@@ -202,8 +202,10 @@ class MlmTransform(nn.Module):
   def __call__(self, x_BLD):
     cfg = self.cfg
     D = cfg.embed_dim
-    # The output dim is named like an MLP hidden dim so that tensor parallelism (or FSDP) splits it.
-    h_BLD = Linear('BLD,DE->BLE', (D, D), (axes.EMBED, axes.MLP), (axes.MLP,), cfg.init_std,
+    # Laid out like the MLP's output projection (input dim split by tensor parallelism, output by
+    # FSDP), so the bias is sharded too. (The transposed layout, (EMBED, MLP), gave wrong
+    # gradients on a (2, 2, 2) CPU mesh with jax 0.10.2: tests/test_sharding.py catches it.)
+    h_BLD = Linear('BLD,DE->BLE', (D, D), (axes.MLP, axes.EMBED), (axes.EMBED,), cfg.init_std,
                    cfg.compute_dtype, cfg.weight_dtype, name='dense')(x_BLD)
     h_BLD = nn.gelu(h_BLD, approximate=cfg.activation == 'gelu')
     return Norm(cfg, name='norm')(h_BLD)
