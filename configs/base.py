@@ -17,6 +17,8 @@ def get_config():
   d.text_field = 'text'             # jsonl: field holding the document text
   d.max_doc_chars = 4000            # long documents are split at paragraphs into pieces this long
   d.val_fraction = 0.05             # fraction of documents held out for validation
+  d.shards = 0                      # disjoint input streams, read by the processes in equal parts;
+                                    # 0 = one per process. Fix it to keep the batches when the process count changes
   d.seq_len = 128                   # model context length (tokens per training sequence)
   d.tokenizer_path = ''             # sentencepiece .model to use; '' trains one into the workdir
   d.vocab_size = 2048               # vocabulary size when training a tokenizer
@@ -64,6 +66,7 @@ def get_config():
   c.train = t = config_dict.ConfigDict()
   t.batch_size = 32                 # global batch, in sequences
   t.max_steps = 1000                # optimizer steps (also the length of the LR schedule)
+  t.stop_at = 0                     # stop (checkpointed) after this step, schedule unchanged; 0 = max_steps
   t.grad_accum_steps = 1            # micro-batches per step (batch_size must divide by it)
   t.log_every = 10                  # steps between metric records
   t.eval_every = 200                # steps between evaluations (and one at the end)

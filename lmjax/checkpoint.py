@@ -34,8 +34,8 @@ class Checkpointer:
 
   def save(self, step: int, state, data_iterator=None, *, force: bool = False) -> bool:
     """Saves if ``step`` is a multiple of ``every`` (or ``force``); returns whether a save started."""
-    if not force and step % self._every:
-      return False
+    if (not force and step % self._every) or self._manager.latest_step() == step:
+      return False  # not due, or already saved (a stop request at a checkpoint step)
     items = {'state': ocp.args.StandardSave(state)}
     if data_iterator is not None:
       items['data'] = grain.checkpoint.CheckpointSave(data_iterator)

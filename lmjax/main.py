@@ -26,6 +26,9 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def _init_distributed():
   import jax  # pylint: disable=g-import-not-at-top
+  if _DISTRIBUTED.value != 'off':
+    # CPU processes need a collectives backend to talk to each other (GPU/TPU ignore this).
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   if _DISTRIBUTED.value == 'auto':
     jax.distributed.initialize()
   elif _DISTRIBUTED.value == 'explicit':

@@ -18,7 +18,9 @@ import time
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from lmjax import checkpoint as checkpoint_lib
 from lmjax import evaluate as evaluate_lib
@@ -178,10 +180,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   host_batch = config.train.batch_size // jax.process_count()
   shard = dict(shard_index=jax.process_index(), shard_count=jax.process_count())
-  train_iter = pipeline.train_iterator(train_docs, tokenizer, row_len=row_len, batch_size=host_batch,
-                                       seed=config.seed, **shard)
+  train_iter = pipeline.sharded_train_iterator(
+      train_docs, tokenizer, row_len=row_len, batch_size=config.train.batch_size, seed=config.seed,
+      num_shards=config.data.shards or jax.process_count(), process_index=jax.process_index(),
+      process_count=jax.process_count())
   eval_batches = pipeline.eval_batches(val_docs, tokenizer, row_len=row_len, batch_size=host_batch,
                                        max_batches=config.train.eval_batches or None, **shard)
+  if jax.process_count() > 1:  # every process must run the same number of eval steps (collectives)
+    most = int(multihost_utils.process_allgather(np.asarray(len(eval_batches))).max())
+    eval_batches = pipeline.pad_batches(eval_batches, most, batch_size=host_batch, row_len=row_len)
   eval_batches = [sharding.host_to_global(b, mesh) for b in eval_batches]
   token_bytes_V = jax.device_put(tokenizer.token_bytes(), sharding.replicated(mesh))
 
@@ -254,7 +261,7 @@ class _Loop:
           pending = (step, metrics)
         bar.update(1)
         is_eval = step % cfg.eval_every == 0 or step == cfg.max_steps
-        if is_eval or self.ckpt.due(step) or stop.requested:
+        if is_eval or self.ckpt.due(step) or stop.requested or step == cfg.stop_at:
           # The host runs ahead of the device: finish the queued training steps first, so
           # that only evaluation and checkpointing count as other work in tokens/s.
           jax.block_until_ready(self.state)
@@ -269,7 +276,7 @@ class _Loop:
           self._write(step, {**scalars, **last_eval}, bar)
           bar.write(f'step {step}: ' + ', '.join(f'{k} {v:.4g}' for k, v in last_eval.items()))
         self.ckpt.save(step, self.state, self.train_iter, force=step == cfg.max_steps)
-        if stop.requested:
+        if step == cfg.stop_at or self._stop_requested(step, stop):
           self.ckpt.save(step, self.state, self.train_iter, force=True)
           bar.write(f'stopped at step {step}; checkpoint saved. Run the same command again to resume.',
                     file=sys.stderr)
@@ -279,6 +286,15 @@ class _Loop:
         self._write(*self._train_scalars(*pending, throughput, tokens_per_step), bar)
     bar.close()
     return last_eval
+
+  def _stop_requested(self, step: int, stop: _StopRequest) -> bool:
+    """Ctrl-C / SIGTERM. With several processes all must stop at the same step: they agree
+    at every log step (a small all-gather), so a signal to any one of them stops them all."""
+    if jax.process_count() == 1:
+      return stop.requested
+    if step % self.config.train.log_every:
+      return False
+    return bool(multihost_utils.process_allgather(np.asarray(stop.requested)).any())
 
   def _train_scalars(self, step, metrics, throughput, tokens_per_step):
     scalars = metrics_lib.summarize(jax.device_get(metrics))

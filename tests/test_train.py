@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import write_pydoc_corpus
 from configs import gpt
 from lmjax import train
 
@@ -22,13 +23,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope='module')
 def corpus(tmp_path_factory):
   """A few hundred KB of real English (Python's own docs) as plain text files."""
-  import pydoc_data.topics as topics  # pylint: disable=g-import-not-at-top
-  root = tmp_path_factory.mktemp('corpus')
-  names = sorted(topics.topics)
-  for i in range(4):
-    text = '\n\n'.join(topics.topics[n] for n in names[i::4])
-    (root / f'part{i}.txt').write_text(text[:60_000], encoding='utf-8')
-  return str(root / '*.txt')
+  return write_pydoc_corpus(tmp_path_factory.mktemp('corpus'), parts=4, chars=60_000)
 
 
 def tiny_config(corpus, **overrides):

@@ -50,6 +50,44 @@ def train_iterator(docs: list[str], tokenizer: Tokenizer, *, row_len: int, batch
   return iter(ds)
 
 
+class _ConcatShards(grain.DatasetIterator):
+  """Rows of several shard iterators side by side: one batch, one checkpointable state."""
+
+  def __init__(self, shards: list[grain.DatasetIterator]):
+    super().__init__(shards)
+    self._shards = shards
+
+  def __next__(self):
+    batches = [next(it) for it in self._shards]
+    return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+
+  def get_state(self):
+    return {'shards': [it.get_state() for it in self._shards]}
+
+  def set_state(self, state):
+    for it, s in zip(self._shards, state['shards'], strict=True):
+      it.set_state(s)
+
+
+def sharded_train_iterator(docs: list[str], tokenizer: Tokenizer, *, row_len: int, batch_size: int, seed: int,
+                           num_shards: int, process_index: int, process_count: int) -> grain.DatasetIterator:
+  """This process's rows of every global batch, the same whatever the number of processes.
+
+  The documents are cut into ``num_shards`` disjoint streams and every global
+  batch of ``batch_size`` rows takes ``batch_size / num_shards`` from each, in
+  shard order. Process ``i`` of ``P`` reads only shards ``i*S/P ... (i+1)*S/P - 1``,
+  so a 2-process run and a 1-process run with the same ``num_shards`` see the same batches.
+  """
+  if num_shards % process_count or batch_size % num_shards:
+    raise ValueError(f'data.shards={num_shards} must be a multiple of the {process_count} processes and '
+                     f'divide train.batch_size={batch_size}; set --config.data.shards')
+  per_process = num_shards // process_count
+  shards = [train_iterator(docs, tokenizer, row_len=row_len, batch_size=batch_size // num_shards, seed=seed,
+                           shard_index=s, shard_count=num_shards)
+            for s in range(process_index * per_process, (process_index + 1) * per_process)]
+  return shards[0] if len(shards) == 1 else _ConcatShards(shards)
+
+
 def eval_batches(docs: list[str], tokenizer: Tokenizer, *, row_len: int, batch_size: int,
                  max_batches: int | None = None, shard_index: int = 0,
                  shard_count: int = 1) -> list[dict[str, np.ndarray]]:
@@ -66,6 +104,13 @@ def eval_batches(docs: list[str], tokenizer: Tokenizer, *, row_len: int, batch_s
     missing = batch_size - batch['tokens'].shape[0]
     batches.append({k: np.pad(v, ((0, missing), (0, 0))) for k, v in batch.items()})
   return batches
+
+
+def pad_batches(batches: list[dict[str, np.ndarray]], count: int, *, batch_size: int,
+                row_len: int) -> list[dict[str, np.ndarray]]:
+  """``batches`` followed by all-padding batches (no targets) up to ``count``."""
+  empty = {k: np.zeros((batch_size, row_len), np.int32) for k in _RENAME.values()}
+  return list(batches) + [dict(empty) for _ in range(count - len(batches))]
 
 
 def unigram_baselines(train_docs: list[str], val_docs: list[str], tokenizer: Tokenizer) -> dict[str, float]:

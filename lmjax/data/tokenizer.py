@@ -101,8 +101,11 @@ def train_tokenizer(docs: list[str], model_path: str, vocab_size: int, model_typ
         split_digits=True, allow_whitespace_only_pieces=True,
         input_sentence_size=0, shuffle_input_sentence=False, num_threads=2, minloglevel=2)
   except RuntimeError as e:
+    # Too small a vocabulary cannot hold the corpus's characters; too large needs more text.
+    fix = ('raise --config.data.vocab_size' if 'required_chars' in str(e)
+           else 'lower --config.data.vocab_size or add data')
     raise ValueError(f'could not train a {vocab_size}-token tokenizer on this corpus ({str(e).strip()}); '
-                     'lower --config.data.vocab_size or add data') from e
+                     f'{fix}') from e
   os.makedirs(os.path.dirname(os.path.abspath(model_path)), exist_ok=True)
   tmp = f'{model_path}.tmp{os.getpid()}'
   with open(tmp, 'wb') as f:
