@@ -1,6 +1,6 @@
 """Every lmjax config key, declared once with its meaning. Experiments override these.
 
-Run: python -m lmjax.main --config=configs/base.py --workdir=/tmp/lmjax_base
+Run: python -m lmjax.main --config=configs/base.py --workdir=runs/base
 """
 
 from ml_collections import config_dict

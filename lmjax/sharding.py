@@ -55,11 +55,11 @@ def rules_for(mesh: Mesh, rules=RULES):
     names = (target,) if isinstance(target, str) else tuple(target or ())
     kept = tuple(n for n in names if mesh.shape[n] > 1)
     return kept[0] if len(kept) == 1 else (kept or None)
-  out = [(name, live(target)) for name, target in rules]
-  # A name whose rules all lost their axes keeps one rule mapping it to None (replicated).
-  return tuple((n, t) for i, (n, t) in enumerate(out)
-               if t is not None or (all(t2 is None for n2, t2 in out if n2 == n) and
-                                    all(n2 != n for n2, _ in out[:i])))
+  kept = [(name, live(target)) for name, target in rules]
+  kept = [(name, target) for name, target in kept if target is not None]
+  # A name left with no mesh axes maps to None: replicated.
+  unmapped = dict.fromkeys(name for name, _ in rules if name not in {n for n, _ in kept})
+  return tuple(kept) + tuple((name, None) for name in unmapped)
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:

@@ -167,9 +167,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   tokenizer = load_or_train_tokenizer(config, workdir, train_docs)
   model_cfg = model_config(config, tokenizer.vocab_size)
   model = Transformer(model_cfg)
-  logging.info('validation baselines without context: unigram perplexity %.1f, majority-token accuracy %.3f',
-               *pipeline.unigram_baselines(train_docs, val_docs, tokenizer).values())
   if is_main:
+    logging.info('validation baselines without context: unigram perplexity %.1f, majority-token accuracy %.3f',
+                 *pipeline.unigram_baselines(train_docs, val_docs, tokenizer).values())
     _write_config(config, workdir)
 
   mesh = sharding.make_mesh(**config.mesh.to_dict())

@@ -113,15 +113,23 @@ def pad_batches(batches: list[dict[str, np.ndarray]], count: int, *, batch_size:
   return list(batches) + [dict(empty) for _ in range(count - len(batches))]
 
 
-def unigram_baselines(train_docs: list[str], val_docs: list[str], tokenizer: Tokenizer) -> dict[str, float]:
+def unigram_baselines(train_docs: list[str], val_docs: list[str], tokenizer: Tokenizer, *,
+                      max_chars: int = 8_000_000) -> dict[str, float]:
   """Context-free reference points for the validation split, from training-split token counts.
 
   ``unigram_perplexity``: perplexity of the token frequencies (add-0.5 smoothing);
   ``majority_accuracy``: accuracy of always guessing the most frequent token. A model
-  that beats them uses context, not just counts.
+  that beats them uses context, not just counts. Each split is read up to ``max_chars``
+  (exact for small corpora, an estimate that costs seconds for large ones).
   """
-  counts_V = np.bincount(np.concatenate([tokenizer.encode(d) for d in train_docs]),
+  counts_V = np.bincount(np.concatenate([tokenizer.encode(d) for d in _prefix(train_docs, max_chars)]),
                          minlength=tokenizer.vocab_size) + 0.5
-  val = np.concatenate([tokenizer.encode(d) for d in val_docs])
+  val = np.concatenate([tokenizer.encode(d) for d in _prefix(val_docs, max_chars)])
   return {'unigram_perplexity': float(np.exp(-np.log(counts_V[val] / counts_V.sum()).mean())),
           'majority_accuracy': float(np.mean(val == counts_V.argmax()))}
+
+
+def _prefix(docs: list[str], max_chars: int) -> list[str]:
+  """The leading documents holding at most ``max_chars`` characters (at least one)."""
+  total = np.cumsum([len(d) for d in docs])
+  return docs[:max(1, int(np.searchsorted(total, max_chars, side='right')))]
