@@ -78,7 +78,12 @@ def get_config():
   k.async_save = True               # write checkpoints in the background
 
   c.mesh = x = config_dict.ConfigDict()
-  x.data = -1                       # data-parallel size (-1: all remaining devices)
-  x.fsdp = 1                        # fully-sharded data-parallel size
-  x.tensor = 1                      # tensor-parallel size
+  x.data = -1                       # data-parallel size within a slice (-1: all remaining devices)
+  x.fsdp = 1                        # fully-sharded data-parallel size within a slice
+  x.tensor = 1                      # tensor-parallel size within a slice
+  # Multi-slice TPU (or multi-node GPU): each axis is further split across slices
+  # (hosts where devices have no slice_index) over the slower DCN; product = slice count.
+  x.dcn_data = 1                    # slices along data (the usual choice: only gradients cross DCN)
+  x.dcn_fsdp = 1                    # slices along fsdp
+  x.dcn_tensor = 1                  # slices along tensor (rarely wise: per-layer traffic)
   return c

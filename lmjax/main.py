@@ -34,6 +34,8 @@ def _init_distributed():
   elif _DISTRIBUTED.value == 'explicit':
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
                                process_id=_PROCESS_ID.value)
+  if jax.process_index() != 0:  # one voice per run: other processes log only warnings and errors
+    logging.set_verbosity(logging.WARNING)
 
 
 def quiet_library_logs():

@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 from absl import logging
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from lmjax import axes
@@ -62,22 +63,56 @@ def rules_for(mesh: Mesh, rules=RULES):
   return tuple(kept) + tuple((name, None) for name in unmapped)
 
 
-def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
-  """A (data, fsdp, tensor) mesh with Auto axis types; one size may be -1 (fill)."""
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, dcn_data: int = 1, dcn_fsdp: int = 1,
+              dcn_tensor: int = 1, devices=None) -> Mesh:
+  """A (data, fsdp, tensor) mesh with Auto axis types.
+
+  ``data``/``fsdp``/``tensor`` are sizes within one slice (ICI; one may be -1 to
+  fill it). ``dcn_*`` split each axis further across slices (multi-slice TPU) or
+  hosts (GPU nodes, which have no ``slice_index``); an axis's size is ``ici * dcn``.
+  Slow DCN links should carry only ``data`` (or ``fsdp``) traffic.
+  """
   devices = jax.devices() if devices is None else devices
-  sizes = [data, fsdp, tensor]
-  if sizes.count(-1) > 1:
-    raise ValueError(f'mesh: at most one of data/fsdp/tensor may be -1, got {sizes}')
-  known = math.prod(s for s in sizes if s != -1)
-  if any(s == 0 or s < -1 for s in sizes) or len(devices) % known:
-    raise ValueError(f'mesh: sizes data={data} fsdp={fsdp} tensor={tensor} do not divide the '
-                     f'{len(devices)} devices; set --config.mesh.* so their product is {len(devices)}')
-  sizes = [len(devices) // known if s == -1 else s for s in sizes]
-  if math.prod(sizes) != len(devices):
-    raise ValueError(f'mesh: data*fsdp*tensor = {math.prod(sizes)} but there are {len(devices)} devices; '
-                     'set --config.mesh.* (one of them may be -1 to fill)')
+  dcn = (dcn_data, dcn_fsdp, dcn_tensor)
+  if any(s < 1 for s in dcn) or len(devices) % math.prod(dcn):
+    raise ValueError(f'mesh: dcn_data={dcn_data} dcn_fsdp={dcn_fsdp} dcn_tensor={dcn_tensor} must be >= 1 '
+                     f'and their product must divide the {len(devices)} devices; set --config.mesh.dcn_*')
+  ici = _fill_sizes((data, fsdp, tensor), len(devices) // math.prod(dcn))
   # Linen's logical constraints need Auto axes (jax.make_mesh defaults to Explicit).
-  return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+  auto = (AxisType.Auto,) * 3
+  if math.prod(dcn) == 1:
+    return jax.make_mesh(ici, MESH_AXES, axis_types=auto, devices=devices)
+  return Mesh(device_grid(ici, dcn, devices), MESH_AXES, axis_types=auto)
+
+
+def _fill_sizes(sizes, num_devices: int) -> tuple[int, ...]:
+  if sizes.count(-1) > 1:
+    raise ValueError(f'mesh: at most one of data/fsdp/tensor may be -1, got {list(sizes)}')
+  known = math.prod(s for s in sizes if s != -1)
+  if any(s == 0 or s < -1 for s in sizes) or num_devices % known:
+    raise ValueError(f'mesh: sizes data={sizes[0]} fsdp={sizes[1]} tensor={sizes[2]} do not divide the '
+                     f'{num_devices} devices of a slice; set --config.mesh.* so their product is {num_devices}')
+  sizes = tuple(num_devices // known if s == -1 else s for s in sizes)
+  if math.prod(sizes) != num_devices:
+    raise ValueError(f'mesh: data*fsdp*tensor = {math.prod(sizes)} but a slice has {num_devices} devices; '
+                     'set --config.mesh.* (one of them may be -1 to fill)')
+  return sizes
+
+
+def device_grid(ici: tuple[int, ...], dcn: tuple[int, ...], devices) -> np.ndarray:
+  """Devices as an array of shape ``ici * dcn``: each slice's devices form a contiguous ``ici`` block.
+
+  Slices are TPU slices (``slice_index``) or, where all devices share one slice
+  (GPU and CPU hosts), processes.
+  """
+  by_process = len({getattr(d, 'slice_index', 0) for d in devices}) == 1
+  granules = len({d.process_index if by_process else d.slice_index for d in devices})
+  if granules != math.prod(dcn):
+    kind = 'processes' if by_process else 'slices'
+    raise ValueError(f'mesh: dcn_data*dcn_fsdp*dcn_tensor = {math.prod(dcn)} but there are {granules} '
+                     f'{kind}; set --config.mesh.dcn_* so their product is the number of {kind}')
+  return mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, process_is_granule=by_process,
+                                              allow_split_physical_axes=True)
 
 
 @contextlib.contextmanager

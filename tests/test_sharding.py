@@ -158,6 +158,36 @@ def test_bad_mesh_and_batch_are_one_line_errors():
     sharding.check_batch_size(6, sharding.make_mesh(data=8))
 
 
+class _FakeDevice:
+  platform, device_kind = 'cpu', 'cpu'
+
+  def __init__(self, i, per_slice, attr):
+    self.id = i
+    setattr(self, attr, i // per_slice)
+
+  def __repr__(self):
+    return f'd{self.id}'
+
+
+@pytest.mark.parametrize('attr', ['slice_index', 'process_index'])
+def test_hybrid_grid_keeps_each_slice_a_contiguous_block(attr):
+  """2 slices x 4 devices, dcn_data=2: the data axis crosses slices; fsdp/tensor stay inside one."""
+  devices = [_FakeDevice(i, 4, attr) for i in range(8)]
+  grid = sharding.device_grid((1, 2, 2), (2, 1, 1), devices)
+  assert grid.shape == (2, 2, 2)
+  slice_of = np.vectorize(lambda d: getattr(d, attr))(grid)
+  assert (slice_of[0] == 0).all() and (slice_of[1] == 1).all()
+  with pytest.raises(ValueError, match='dcn_data\\*dcn_fsdp\\*dcn_tensor = 4 but there are 2'):
+    sharding.device_grid((1, 1, 2), (4, 1, 1), devices)
+
+
+def test_hybrid_mesh_on_one_process_is_a_clear_error():
+  # 8 fake CPU devices in one process form one "slice": two are asked for.
+  with pytest.raises(ValueError, match='= 2 but there are 1 processes'):
+    sharding.make_mesh(data=-1, dcn_data=2)
+  assert sharding.make_mesh(data=2, fsdp=4, dcn_data=1).shape == {'data': 2, 'fsdp': 4, 'tensor': 1}
+
+
 @pytest.mark.parametrize('variant', [dict(remat='full'), dict(remat='dots'), dict(scan_layers=True),
                                      dict(scan_layers=True, remat='dots_no_batch')],
                          ids=lambda v: '+'.join(f'{k}={x}' for k, x in v.items()))
