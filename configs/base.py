@@ -15,6 +15,7 @@ def get_config():
   d.source = 'python_docs'          # 'python_docs' (built-in, offline) | 'text' | 'jsonl'
   d.paths = ''                      # text/jsonl: comma-separated files or globs
   d.text_field = 'text'             # jsonl: field holding the document text
+  d.on_bad_file = 'fail'            # a binary or non-UTF-8 file: 'fail' (error naming it) | 'skip' (counted, logged)
   d.max_doc_chars = 4000            # long documents are split at paragraphs into pieces this long
   d.val_fraction = 0.05             # fraction of documents held out for validation
   d.shards = 0                      # disjoint input streams, read by the processes in equal parts;
@@ -62,15 +63,19 @@ def get_config():
   o.weight_decay = 0.1              # decoupled weight decay on matrices (not norms/biases)
   o.decay_embeddings = False        # also decay embedding tables
   o.clip_norm = 1.0                 # global gradient-norm clip (0 disables)
+  o.schedule_steps = 0              # length of the warmup+cosine schedule; 0 = train.max_steps. Past it
+                                    # the LR stays at its minimum (see README: changing max_steps on resume)
 
   c.train = t = config_dict.ConfigDict()
   t.batch_size = 32                 # global batch, in sequences
-  t.max_steps = 1000                # optimizer steps (also the length of the LR schedule)
+  t.max_steps = 1000                # optimizer steps (also the LR schedule's length unless optim.schedule_steps)
   t.stop_at = 0                     # stop (checkpointed) after this step, schedule unchanged; 0 = max_steps
   t.grad_accum_steps = 1            # micro-batches per step (batch_size must divide by it)
   t.log_every = 10                  # steps between metric records
   t.eval_every = 200                # steps between evaluations (and one at the end)
   t.eval_batches = 0                # validation batches per evaluation; 0 = the whole split
+  t.nonfinite = 'stop'              # a NaN/inf loss or gradient skips that update, then: 'stop' (at the next
+                                    # log step, with a message) | 'skip' (go on; counted as nonfinite_steps)
 
   c.checkpoint = k = config_dict.ConfigDict()
   k.every = 200                     # steps between checkpoints (and one at the end)

@@ -1,27 +1,43 @@
 """Every orbax call: model state and data-iterator position saved as one step.
 
 Layout: ``<workdir>/checkpoints/<step>/{state,data}``. orbax writes each step
-into a temporary directory and renames it when complete, so a save cut short
-by a crash never becomes the restored step.
+into ``<step>.orbax-checkpoint-tmp`` and renames it when complete, so a save cut
+short by a crash (or a full disk) never becomes the restored step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 
 import grain
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
+
+_INCOMPLETE = re.compile(r'^(\d+)\.orbax-checkpoint-tmp')
 
 
 class Checkpointer:
   """Save every ``every`` steps (or when forced), keep the last ``keep``, optionally async."""
 
-  def __init__(self, directory: str, *, every: int, keep: int, async_save: bool = True):
-    # lmjax decides when to save (orbax's own policy would also save the first step it sees).
+  def __init__(self, directory: str, *, every: int, keep: int | None, async_save: bool = True):
+    self.directory = os.path.abspath(directory)
+    # Steps whose save was interrupted (kill -9, preemption, full disk): orbax removes them below.
+    self.incomplete_steps = sorted(int(m.group(1)) for m in map(_INCOMPLETE.match, _listdir(self.directory))
+                                   if m)
     self._every = every
+    self._pending = None  # the step an asynchronous save is writing
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    for args in (ocp.args.StandardSave, ocp.args.StandardRestore):
+      registry.add('state', args, ocp.StandardCheckpointHandler)
+    for args in (grain.checkpoint.CheckpointSave, grain.checkpoint.CheckpointRestore):
+      registry.add('data', args, grain.checkpoint.CheckpointHandler)
+    # lmjax decides when to save (orbax's own policy would also save the first step it sees).
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
-                                           create=True)
-    self._manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+                                           create=True, cleanup_tmp_directories=True)
+    self._manager = ocp.CheckpointManager(self.directory, options=options, handler_registry=registry)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -33,23 +49,83 @@ class Checkpointer:
     return step % self._every == 0
 
   def save(self, step: int, state, data_iterator=None, *, force: bool = False) -> bool:
-    """Saves if ``step`` is a multiple of ``every`` (or ``force``); returns whether a save started."""
+    """Saves if ``step`` is a multiple of ``every`` (or ``force``); returns whether a save started.
+
+    A failed write (full disk, lost permissions) raises ``ValueError`` naming the
+    step and the last complete checkpoint, which the failure leaves untouched.
+    """
     if (not force and step % self._every) or self._manager.latest_step() == step:
       return False  # not due, or already saved (a stop request at a checkpoint step)
     items = {'state': ocp.args.StandardSave(state)}
     if data_iterator is not None:
       items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
-    return self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+    with self._failures(step):
+      started = self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+    self._pending = step
+    return started
+
+  def check_compatible(self, step: int, abstract_state):
+    """Raises ``ValueError`` naming the first parameter whose shape or dtype differs from the checkpoint's."""
+    saved = _flat(self._manager.item_metadata(step)['state'].tree['params'])
+    wanted = _flat(abstract_state.params)
+    where = f'the checkpoint at step {step} in {self.directory}'
+    fix = ('resume with the config the run was trained with (its config.json) or start a new --workdir')
+    for name in sorted(saved.keys() | wanted.keys()):
+      if name not in wanted:
+        raise ValueError(f'{where} has parameter {name}, which this model lacks; {fix}')
+      if name not in saved:
+        raise ValueError(f'this model has parameter {name}, which {where} lacks; {fix}')
+      (shape, dtype), (want_shape, want_dtype) = saved[name], wanted[name]
+      if shape != want_shape or dtype != want_dtype:
+        raise ValueError(f'parameter {name} is {dtype}{list(shape)} in {where} but {want_dtype}'
+                         f'{list(want_shape)} in this config; {fix}')
 
   def restore(self, step: int, abstract_state, data_iterator=None):
     """Restores the state into ``abstract_state``'s shardings and, if given, the iterator in place."""
+    self.check_compatible(step, abstract_state)
     items = {'state': ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None:
       items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
     return self._manager.restore(step, args=ocp.args.Composite(**items))['state']
 
   def wait(self):
-    self._manager.wait_until_finished()
+    with self._failures(self._pending):
+      self._manager.wait_until_finished()
+    self._pending = None
 
   def close(self):
     self._manager.close()
+
+  @contextlib.contextmanager
+  def _failures(self, step):
+    """Turns a failed (possibly background) write into one line that says what survived."""
+    try:
+      yield
+    except (OSError, ValueError, RuntimeError) as error:
+      # orbax reports a background failure at the next save or wait: that save is the one that failed.
+      steps = self.all_steps()
+      failed = self._pending if self._pending is not None and self._pending not in steps else step
+      complete = [s for s in steps if s != failed]
+      last = f'step {max(complete)}' if complete else 'none'
+      raise ValueError(f'could not save the checkpoint at step {failed} in {self.directory} ({_reason(error)}); '
+                       f'the last complete checkpoint ({last}) is intact: free disk space or fix the directory, '
+                       'then run the same command to resume') from error
+
+
+def _reason(error: BaseException) -> str:
+  text = str(error)
+  for known in ('No space left on device', 'File too large', 'Permission denied', 'Read-only file system',
+                'Disk quota exceeded'):
+    if known in text:
+      return known
+  return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+def _flat(tree) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {'/'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path):
+          (tuple(leaf.shape), np.dtype(leaf.dtype)) for path, leaf in leaves}
+
+
+def _listdir(directory: str) -> list[str]:
+  return os.listdir(directory) if os.path.isdir(directory) else []

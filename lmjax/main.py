@@ -8,6 +8,7 @@ an explicit coordinator for other clusters and local tests.
 from __future__ import annotations
 
 import logging as std_logging
+import os
 import sys
 
 from absl import app, flags, logging
@@ -39,10 +40,14 @@ def _init_distributed():
 
 
 def quiet_library_logs():
-  """Keep orbax's and grain's per-save INFO lines off the console; their warnings still show."""
+  """Keep orbax's and grain's per-save INFO lines off the console; their warnings and errors still
+  show, without the 60-line tracebacks: lmjax re-raises such failures as one line saying what to do."""
   def keep(record):
-    return record.levelno >= std_logging.WARNING or not any(
-        lib in record.pathname for lib in ('/orbax/', '/grain/', 'xla_bridge'))
+    library = any(lib in record.pathname for lib in ('/orbax/', '/grain/', 'xla_bridge', '/asyncio/'))
+    if library and record.levelno >= std_logging.ERROR:
+      record.exc_info, record.exc_text = None, None
+      record.msg = str(record.msg).split('\n', 1)[0]  # asyncio puts the traceback in the message
+    return record.levelno >= std_logging.WARNING or not library
   logging.get_absl_handler().addFilter(keep)  # the handler sees absl's records and the libraries' own loggers'
 
 
@@ -81,8 +86,9 @@ def main(argv):
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except ValueError as e:  # bad input or config: one line, non-zero exit, nothing damaged
-    logging.error('%s', e)
-    _fail(str(e))
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    # Exit now: background checkpoint threads that failed would print their tracebacks at shutdown.
+    os._exit(2)  # pylint: disable=protected-access
 
 
 if __name__ == '__main__':

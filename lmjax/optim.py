@@ -1,4 +1,4 @@
-"""The optax optimizer: AdamW, linear warmup + cosine decay, global-norm clipping."""
+"""The optax optimizer: AdamW, linear warmup + cosine decay, global-norm clipping, non-finite skipping."""
 
 from __future__ import annotations
 
@@ -24,13 +24,24 @@ def decay_mask(params, decay_embeddings: bool = False):
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
-def make_optimizer(*, total_steps: int, learning_rate: float, warmup_steps: int, min_lr_ratio: float,
+def make_optimizer(*, schedule_steps: int, learning_rate: float, warmup_steps: int, min_lr_ratio: float,
                    b1: float, b2: float, eps: float, weight_decay: float, clip_norm: float,
                    decay_embeddings: bool):
-  """Returns (optax transformation, learning-rate schedule)."""
+  """Returns (optax transformation, learning-rate schedule).
+
+  An update whose gradients hold a NaN or inf is skipped (params and moments
+  unchanged) and counted in the state's ``total_notfinite`` (see ``nonfinite_count``);
+  whether training then goes on is the caller's policy.
+  """
   schedule = lr_schedule(learning_rate=learning_rate, warmup_steps=warmup_steps,
-                         total_steps=total_steps, min_lr_ratio=min_lr_ratio)
+                         total_steps=schedule_steps, min_lr_ratio=min_lr_ratio)
   chain = [optax.clip_by_global_norm(clip_norm)] if clip_norm > 0 else []
   chain.append(optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
                            mask=lambda p: decay_mask(p, decay_embeddings)))
-  return optax.chain(*chain), schedule
+  # optax would apply updates again after max_consecutive_errors skips; never do that.
+  return optax.apply_if_finite(optax.chain(*chain), max_consecutive_errors=2**30), schedule
+
+
+def nonfinite_count(opt_state) -> jax.Array:
+  """Updates skipped so far because of non-finite gradients (int32 scalar)."""
+  return optax.tree_utils.tree_get(opt_state, 'total_notfinite')

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lmjax import optim
 from lmjax.state import TrainState
 
 
@@ -56,7 +57,10 @@ def train_step(state: TrainState, batch, rng, *, loss_fn: Callable, tx: optax.Gr
   grads, metrics = _grads_and_metrics(loss_fn, state.params, batch, step_rng, grad_accum_steps)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics['grad_norm'] = (optax.global_norm(grads), jnp.ones((), jnp.float32))
+  one = jnp.ones((), jnp.float32)
+  metrics['grad_norm'] = (optax.global_norm(grads), one)
+  # Cumulative, so a skip between two logged steps still shows (and survives a resume).
+  metrics['nonfinite_steps'] = (optim.nonfinite_count(opt_state).astype(jnp.float32), one)
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
   return new_state, metrics
 

@@ -56,19 +56,38 @@ def masking(config: ml_collections.ConfigDict, tokenizer: tokenizer_lib.Tokenize
               word_starts_V=tokenizer.word_starts() if g.whole_word else None)
 
 
-def load_or_train_tokenizer(config, workdir: str, train_docs) -> tokenizer_lib.Tokenizer:
+def load_or_train_tokenizer(config, workdir: str, train_docs, *, resuming: bool = False) -> tokenizer_lib.Tokenizer:
   """The workdir's tokenizer if present (resume), else a copy of data.tokenizer_path, else a new one."""
   path = os.path.join(workdir, TOKENIZER_FILE)
-  if not os.path.exists(path):
+  if os.path.exists(path) or resuming:
+    try:
+      tokenizer = tokenizer_lib.Tokenizer(path)
+    except ValueError as e:
+      raise ValueError(f'{path} is missing or unreadable, and the checkpoints in {workdir} need the '
+                       'tokenizer they were trained with; restore that file or start a new --workdir') from e
     if config.data.tokenizer_path:
-      tokenizer_lib.Tokenizer(config.data.tokenizer_path)  # validates before copying
-      _atomic_copy(config.data.tokenizer_path, path)
-    else:
-      # Deterministic, so every process may train its own copy (no shared filesystem needed).
-      logging.info('training a %d-token %s tokenizer on %d documents', config.data.vocab_size,
-                   config.data.tokenizer_type, len(train_docs))
-      tokenizer_lib.train_tokenizer(train_docs, path, config.data.vocab_size, config.data.tokenizer_type)
+      wanted = tokenizer_lib.Tokenizer(config.data.tokenizer_path)
+      if wanted.vocabulary() != tokenizer.vocabulary():
+        raise ValueError(f'data.tokenizer_path={config.data.tokenizer_path} ({wanted.vocab_size} pieces) is not '
+                         f'the tokenizer this workdir was trained with ({path}, {tokenizer.vocab_size} pieces); '
+                         'drop --config.data.tokenizer_path to resume, or start a new --workdir')
+    return tokenizer
+  if config.data.tokenizer_path:
+    tokenizer_lib.Tokenizer(config.data.tokenizer_path)  # validates before copying
+    _atomic_copy(config.data.tokenizer_path, path)
+  else:
+    # Deterministic, so every process may train its own copy (no shared filesystem needed).
+    logging.info('training a %d-token %s tokenizer on %d documents', config.data.vocab_size,
+                 config.data.tokenizer_type, len(train_docs))
+    tokenizer_lib.train_tokenizer(train_docs, path, config.data.vocab_size, config.data.tokenizer_type)
   return tokenizer_lib.Tokenizer(path)
+
+
+def make_optimizer(config: ml_collections.ConfigDict):
+  """(optax transformation, schedule); the schedule spans optim.schedule_steps or else train.max_steps."""
+  kwargs = config.optim.to_dict()
+  kwargs['schedule_steps'] = kwargs['schedule_steps'] or config.train.max_steps
+  return optim.make_optimizer(**kwargs)
 
 
 def _atomic_copy(src: str, dst: str):
@@ -111,7 +130,7 @@ def load_for_inference(workdir: str, objective: str | None = None):
   step = ckpt.latest_step()
   if step is None:
     raise ValueError(f'no checkpoint in {workdir}/checkpoints; train first with lmjax.main')
-  tx, _ = optim.make_optimizer(total_steps=config.train.max_steps, **config.optim.to_dict())
+  tx, _ = make_optimizer(config)
   mesh = sharding.make_mesh(devices=jax.devices()[:1])
   abstract, _ = state_lib.abstract_state(model, tx, jnp.zeros((1, 8), jnp.int32), mesh)
   state = ckpt.restore(step, abstract)
@@ -120,9 +139,14 @@ def load_for_inference(workdir: str, objective: str | None = None):
 
 
 def _check_workdir(workdir: str):
-  os.makedirs(workdir, exist_ok=True)
-  if not os.access(workdir, os.W_OK):
-    raise ValueError(f'workdir {workdir} is not writable; pass a --workdir you can write to')
+  probe = os.path.join(workdir, f'.write_test.{os.getpid()}')
+  try:  # os.access says yes to root on a read-only filesystem: really write
+    os.makedirs(workdir, exist_ok=True)
+    with open(probe, 'w', encoding='utf-8') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise ValueError(f'workdir {workdir} is not writable ({e.strerror}); pass a --workdir you can write to') from e
 
 
 class _StopRequest:
@@ -149,59 +173,69 @@ class _StopRequest:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains until ``config.train.max_steps`` (resuming from the workdir's last checkpoint)."""
+  """Trains until ``config.train.max_steps`` (resuming from the workdir's last checkpoint).
+
+  Bad input raises ``ValueError`` with a one-line message before anything in
+  ``workdir`` is changed (a resumed run's config.json is rewritten only once
+  its checkpoint has been restored).
+  """
   workdir = os.path.abspath(workdir)
+  _check_config(config)
   _check_workdir(workdir)
+  ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), every=config.checkpoint.every,
+                                     keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
+  try:
+    return _train(config, workdir, ckpt)
+  finally:
+    try:
+      ckpt.wait()  # a pending asynchronous save finishes (or reports its failure) before exit
+    finally:
+      ckpt.close()
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint_lib.Checkpointer):
   is_main = jax.process_index() == 0
   row_len = objectives.row_len(config.objective, config.data.seq_len)
-  if config.data.seq_len > config.model.max_len:
-    raise ValueError(f'data.seq_len={config.data.seq_len} exceeds model.max_len={config.model.max_len}; '
-                     'lower --config.data.seq_len or raise --config.model.max_len')
-  if config.train.batch_size % config.train.grad_accum_steps:
-    raise ValueError(f'train.batch_size={config.train.batch_size} must divide by '
-                     f'train.grad_accum_steps={config.train.grad_accum_steps}')
-
+  start_step = ckpt.latest_step()
   docs = sources.load_documents(config.data.source, config.data.paths, config.data.text_field,
-                                config.data.max_doc_chars)
+                                config.data.max_doc_chars, config.data.on_bad_file)
   train_docs, val_docs = sources.split_documents(docs, config.data.val_fraction, config.seed)
-  tokenizer = load_or_train_tokenizer(config, workdir, train_docs)
+  tokenizer = load_or_train_tokenizer(config, workdir, train_docs, resuming=start_step is not None)
+  pipeline.check_enough_tokens(train_docs, tokenizer, batch_size=config.train.batch_size, row_len=row_len)
   model_cfg = model_config(config, tokenizer.vocab_size)
   model = Transformer(model_cfg)
   if is_main:
     logging.info('validation baselines without context: unigram perplexity %.1f, majority-token accuracy %.3f',
                  *pipeline.unigram_baselines(train_docs, val_docs, tokenizer).values())
-    _write_config(config, workdir)
 
   mesh = sharding.make_mesh(**config.mesh.to_dict())
   sharding.check_batch_size(config.train.batch_size, mesh)
-  tx, schedule = optim.make_optimizer(total_steps=config.train.max_steps, **config.optim.to_dict())
+  tx, schedule = make_optimizer(config)
   example_BL = jnp.zeros((1, config.data.seq_len), jnp.int32)
   abstract, shardings = state_lib.abstract_state(model, tx, example_BL, mesh)
 
-  host_batch = config.train.batch_size // jax.process_count()
-  shard = dict(shard_index=jax.process_index(), shard_count=jax.process_count())
   train_iter = pipeline.sharded_train_iterator(
       train_docs, tokenizer, row_len=row_len, batch_size=config.train.batch_size, seed=config.seed,
       num_shards=config.data.shards or jax.process_count(), process_index=jax.process_index(),
       process_count=jax.process_count())
-  eval_batches = pipeline.eval_batches(val_docs, tokenizer, row_len=row_len, batch_size=host_batch,
-                                       max_batches=config.train.eval_batches or None, **shard)
-  if jax.process_count() > 1:  # every process must run the same number of eval steps (collectives)
-    most = int(multihost_utils.process_allgather(np.asarray(len(eval_batches))).max())
-    eval_batches = pipeline.pad_batches(eval_batches, most, batch_size=host_batch, row_len=row_len)
-  eval_batches = [sharding.host_to_global(b, mesh) for b in eval_batches]
+  eval_batches = _global_eval_batches(config, val_docs, tokenizer, row_len, mesh)
   token_bytes_V = jax.device_put(tokenizer.token_bytes(), sharding.replicated(mesh))
 
-  ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), every=config.checkpoint.every,
-                                     keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
-  start_step = ckpt.latest_step()
   if start_step is not None:
     state = ckpt.restore(start_step, abstract, train_iter)
-    logging.info('resumed from the checkpoint at step %d in %s', start_step, workdir)
+    skipped = [s for s in ckpt.incomplete_steps if s > start_step]
+    logging.info('resumed from the checkpoint at step %d in %s%s', start_step, workdir,
+                 f' (the interrupted save of step {skipped[-1]} was incomplete and is discarded)' if skipped else '')
   else:
     state = state_lib.create(model, tx, example_BL, mesh, jax.random.key(config.seed))[0]
     start_step = 0
+  if is_main:
+    _write_config(config, workdir)
   logging.info('model: %s parameters; mesh %s', f'{model_cfg.num_params():,}', dict(mesh.shape))
+  if start_step >= config.train.max_steps:
+    logging.warning('the checkpoint at step %d has reached train.max_steps=%d: nothing to train; raise '
+                    '--config.train.max_steps to go on', start_step, config.train.max_steps)
+    return {}
 
   loss_fn = functools.partial(objectives.loss_fn(config.objective, masking(config, tokenizer)), model.apply)
   batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
@@ -221,9 +255,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   try:
     return loop.run(start_step)
   finally:
-    ckpt.wait()
-    ckpt.close()
     writer.close()
+
+
+def _check_config(config: ml_collections.ConfigDict):
+  """Config values that would otherwise fail deep inside JAX, or late."""
+  if config.data.seq_len > config.model.max_len:
+    raise ValueError(f'data.seq_len={config.data.seq_len} exceeds model.max_len={config.model.max_len}; '
+                     'lower --config.data.seq_len or raise --config.model.max_len')
+  if config.train.batch_size % config.train.grad_accum_steps:
+    raise ValueError(f'train.batch_size={config.train.batch_size} must divide by '
+                     f'train.grad_accum_steps={config.train.grad_accum_steps}')
+  if config.train.nonfinite not in ('stop', 'skip'):
+    raise ValueError(f"train.nonfinite={config.train.nonfinite!r}: use 'stop' or 'skip'")
+
+
+def _global_eval_batches(config, val_docs, tokenizer, row_len: int, mesh) -> list[dict[str, jax.Array]]:
+  """This process's share of the validation split, as global batches; equal counts on every process."""
+  host_batch = config.train.batch_size // jax.process_count()
+  batches = pipeline.eval_batches(val_docs, tokenizer, row_len=row_len, batch_size=host_batch,
+                                  max_batches=config.train.eval_batches or None,
+                                  shard_index=jax.process_index(), shard_count=jax.process_count())
+  if jax.process_count() > 1:  # every process must run the same number of eval steps (collectives)
+    most = int(multihost_utils.process_allgather(np.asarray(len(batches))).max())
+    batches = pipeline.pad_batches(batches, most, batch_size=host_batch, row_len=row_len)
+  return [sharding.host_to_global(b, mesh) for b in batches]
 
 
 @dataclasses.dataclass
@@ -250,6 +306,7 @@ class _Loop:
     throughput = metrics_lib.Throughput(start_step)
     bar = metrics_lib.progress_bar(start_step, cfg.max_steps, self.is_main)
     pending, last_eval = None, {}
+    self._nonfinite_before = int(jax.device_get(optim.nonfinite_count(self.state.opt_state)))
     with sharding.activate(self.mesh), _StopRequest() as stop:
       for step in range(start_step + 1, cfg.max_steps + 1):
         batch = sharding.host_to_global(next(self.train_iter), self.mesh)
@@ -308,3 +365,10 @@ class _Loop:
     self.writer.write(step, scalars)
     if 'loss' in scalars:
       bar.set_postfix(loss=f"{scalars['loss']:.3f}", tok_s=f"{scalars['tokens_per_sec']:,.0f}", refresh=False)
+    skipped = int(scalars.get('nonfinite_steps', 0)) - self._nonfinite_before
+    if skipped > 0 and self.config.train.nonfinite == 'stop':
+      # The bad updates were skipped, so the state (and every checkpoint) is still finite.
+      raise ValueError(f'the loss or gradients were NaN/inf at {skipped} step(s) up to step {step}; those updates '
+                       f'were skipped and training stopped without saving (last checkpoint: step '
+                       f'{self.ckpt.latest_step()}). Lower --config.optim.learning_rate or raise warmup, or set '
+                       '--config.train.nonfinite=skip to skip such steps and go on')

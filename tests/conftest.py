@@ -19,3 +19,19 @@ def write_pydoc_corpus(root, parts: int, chars: int) -> str:
     text = '\n\n'.join(topics.topics[n] for n in names[i::parts])
     (root / f'part{i}.txt').write_text(text[:chars], encoding='utf-8')
   return str(root / '*.txt')
+
+
+def tiny_config(corpus, **overrides):
+  """A 1-layer model on ``corpus`` that trains in seconds; ``overrides`` are {'section.key': value}."""
+  from configs import gpt  # pylint: disable=g-import-not-at-top
+  c = gpt.get_config('tiny')
+  c.data.source, c.data.paths, c.data.vocab_size, c.data.seq_len = 'text', corpus, 512, 32
+  c.model.num_layers, c.model.embed_dim, c.model.num_heads, c.model.mlp_dim = 1, 32, 2, 64
+  c.train.batch_size, c.train.max_steps, c.train.log_every = 8, 6, 1
+  c.train.eval_every, c.train.eval_batches = 3, 2
+  c.checkpoint.every, c.checkpoint.async_save = 3, False
+  c.optim.warmup_steps, c.optim.learning_rate = 2, 1e-2
+  for k, v in overrides.items():
+    section, _, key = k.rpartition('.')
+    setattr(c[section] if section else c, key, v)
+  return c

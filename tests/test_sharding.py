@@ -26,7 +26,7 @@ def _model(objective='clm', **kw):
 
 
 def _tx():
-  return optim.make_optimizer(total_steps=10, learning_rate=3e-3, warmup_steps=2, min_lr_ratio=0.1, b1=0.9,
+  return optim.make_optimizer(schedule_steps=10, learning_rate=3e-3, warmup_steps=2, min_lr_ratio=0.1, b1=0.9,
                               b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0, decay_embeddings=False)[0]
 
 

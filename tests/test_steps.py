@@ -15,7 +15,7 @@ def test_overfits_a_tiny_batch():
   vocab = 64
   model = Transformer(ModelConfig(vocab_size=vocab, num_layers=2, embed_dim=64, num_heads=4, mlp_dim=128,
                                   max_len=32))
-  tx, _ = optim.make_optimizer(total_steps=150, learning_rate=1e-2, warmup_steps=10, min_lr_ratio=0.1, b1=0.9,
+  tx, _ = optim.make_optimizer(schedule_steps=150, learning_rate=1e-2, warmup_steps=10, min_lr_ratio=0.1, b1=0.9,
                                b2=0.95, eps=1e-8, weight_decay=0.0, clip_norm=1.0,
                                decay_embeddings=False)
   mesh = sharding.make_mesh(devices=jax.devices()[:1])

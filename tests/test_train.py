@@ -4,17 +4,14 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import write_pydoc_corpus
-from configs import gpt
+from conftest import tiny_config, write_pydoc_corpus
 from lmjax import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,20 +21,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def corpus(tmp_path_factory):
   """A few hundred KB of real English (Python's own docs) as plain text files."""
   return write_pydoc_corpus(tmp_path_factory.mktemp('corpus'), parts=4, chars=60_000)
-
-
-def tiny_config(corpus, **overrides):
-  c = gpt.get_config('tiny')
-  c.data.source, c.data.paths, c.data.vocab_size, c.data.seq_len = 'text', corpus, 512, 32
-  c.model.num_layers, c.model.embed_dim, c.model.num_heads, c.model.mlp_dim = 1, 32, 2, 64
-  c.train.batch_size, c.train.max_steps, c.train.log_every = 8, 6, 1
-  c.train.eval_every, c.train.eval_batches = 3, 2
-  c.checkpoint.every, c.checkpoint.async_save = 3, False
-  c.optim.warmup_steps, c.optim.learning_rate = 2, 1e-2
-  for k, v in overrides.items():
-    section, _, key = k.rpartition('.')
-    setattr(c[section] if section else c, key, v)
-  return c
 
 
 def _losses(workdir):
@@ -156,46 +139,3 @@ def test_cli_fill_mask(corpus, tmp_path):
   assert out.returncode != 0 and 'mask marker' in out.stderr.strip().splitlines()[-1]
   out = run('lmjax.sample', '--prompt=The')
   assert out.returncode != 0 and 'fill_mask' in out.stderr.strip().splitlines()[-1]
-
-
-@pytest.mark.parametrize('override,expected', [
-    ('--config.train.not_a_key=1', 'not_a_key'),
-    ('--config.train.max_steps=many', 'max_steps'),
-    ('--config.trian.max_steps=5', 'Did you mean "train"'),
-])
-def test_cli_rejects_bad_override_in_one_line(corpus, tmp_path, override, expected):
-  proc = _main(_cli_args(corpus, tmp_path, override))
-  assert proc.returncode == 2
-  assert proc.stderr.strip().splitlines() == [proc.stderr.strip()], proc.stderr[-2000:]  # one line
-  assert proc.stderr.startswith('error: ') and expected in proc.stderr
-  assert not os.path.exists(tmp_path / 'checkpoints')
-
-
-def test_cli_missing_data_is_one_line_error(tmp_path):
-  proc = _main(_cli_args(str(tmp_path / 'nope' / '*.txt'), tmp_path / 'run'))
-  assert proc.returncode == 2
-  assert proc.stderr.strip().splitlines()[-1].startswith('error: ')
-  assert 'data.paths' in proc.stderr.strip().splitlines()[-1]
-
-
-def test_sigint_checkpoints_and_resumes(corpus, tmp_path):
-  """Ctrl-C: the current step is checkpointed, exit 0; the same command continues from there."""
-  env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS='', JAX_PLATFORMS='cpu')
-  args = _cli_args(corpus, tmp_path, '--config.train.max_steps=100000', '--config.checkpoint.every=100000',
-                   '--config.train.eval_every=100000')
-  proc = subprocess.Popen([sys.executable, '-m', 'lmjax.main', *args], cwd=REPO, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  metrics = tmp_path / 'metrics.jsonl'
-  deadline = time.time() + 240
-  while time.time() < deadline and not (metrics.exists() and metrics.read_text().count('\n') >= 3):
-    time.sleep(0.2)
-  proc.send_signal(signal.SIGINT)
-  _, err = proc.communicate(timeout=120)
-  assert proc.returncode == 0, err[-2000:]
-  steps = [int(s) for s in os.listdir(tmp_path / 'checkpoints')]
-  assert len(steps) == 1 and steps[0] >= 3
-  assert 'Run the same command again to resume' in err
-  proc = _main(_cli_args(corpus, tmp_path, f'--config.train.max_steps={steps[0] + 2}',
-                         '--config.checkpoint.every=100000', '--config.train.eval_every=100000'))
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  assert f'resumed from the checkpoint at step {steps[0]}' in proc.stderr

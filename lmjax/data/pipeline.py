@@ -88,6 +88,18 @@ def sharded_train_iterator(docs: list[str], tokenizer: Tokenizer, *, row_len: in
   return shards[0] if len(shards) == 1 else _ConcatShards(shards)
 
 
+def check_enough_tokens(docs: list[str], tokenizer: Tokenizer, *, batch_size: int, row_len: int):
+  """A clear error when the documents cannot fill one global batch (they would repeat within it)."""
+  need, have = batch_size * row_len, 0
+  for doc in docs:
+    have += len(tokenizer.encode(doc)) + 2  # with bos and eos
+    if have >= need:
+      return
+  raise ValueError(f'the training split holds {have} tokens, fewer than one batch of {need} '
+                   f'(train.batch_size={batch_size} rows of {row_len}); add data, or lower '
+                   '--config.train.batch_size or --config.data.seq_len')
+
+
 def eval_batches(docs: list[str], tokenizer: Tokenizer, *, row_len: int, batch_size: int,
                  max_batches: int | None = None, shard_index: int = 0,
                  shard_count: int = 1) -> list[dict[str, np.ndarray]]:

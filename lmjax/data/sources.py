@@ -9,19 +9,35 @@ import os
 import sysconfig
 
 import numpy as np
+from absl import logging
 
 SOURCES = ('python_docs', 'text', 'jsonl')
 _SKIP_DIRS = {'site-packages', 'test', 'tests', 'idlelib', 'lib2to3', '__pycache__'}
 
 
-def load_documents(source: str, paths: str = '', text_field: str = 'text',
-                   max_doc_chars: int = 4000) -> list[str]:
-  """Documents of a source, long ones split at paragraph boundaries, empty ones dropped."""
+def load_documents(source: str, paths: str = '', text_field: str = 'text', max_doc_chars: int = 4000,
+                   on_bad_file: str = 'fail') -> list[str]:
+  """Documents of a source, long ones split at paragraph boundaries, empty ones dropped.
+
+  A binary or non-UTF-8 file is an error naming it, or with ``on_bad_file='skip'``
+  is left out with a warning that counts the skipped files.
+  """
+  if on_bad_file not in ('fail', 'skip'):
+    raise ValueError(f"data.on_bad_file={on_bad_file!r}: use 'fail' or 'skip'")
   if source == 'python_docs':
     docs = python_docs()
   elif source in ('text', 'jsonl'):
-    files = expand_paths(paths)
-    docs = [d for f in files for d in (_read_text(f) if source == 'text' else _read_jsonl(f, text_field))]
+    docs, skipped = [], []
+    for f in expand_paths(paths):
+      try:
+        docs.extend(_read_text(f) if source == 'text' else _read_jsonl(f, text_field))
+      except BadFile as e:
+        if on_bad_file == 'fail':
+          raise
+        skipped.append(f'{f} ({e.reason})')
+    if skipped:
+      logging.warning('data.on_bad_file=skip: skipped %d binary or non-UTF-8 file(s): %s', len(skipped),
+                      ', '.join(skipped[:5]) + (' ...' if len(skipped) > 5 else ''))
   else:
     raise ValueError(f'data.source={source!r} is not one of {", ".join(SOURCES)}; set --config.data.source')
   pieces = [p.rstrip() for d in docs for p in split_long(d, max_doc_chars) if p.strip()]
@@ -29,6 +45,15 @@ def load_documents(source: str, paths: str = '', text_field: str = 'text',
     raise ValueError(f'data.source={source!r} data.paths={paths!r} holds no text; point '
                      '--config.data.paths at non-empty files')
   return pieces
+
+
+class BadFile(ValueError):
+  """A file that is not UTF-8 text."""
+
+  def __init__(self, path: str, reason: str):
+    super().__init__(f'{path} is {reason}; convert it, remove it from data.paths, or set '
+                     '--config.data.on_bad_file=skip')
+    self.reason = reason
 
 
 def python_docs() -> list[str]:
@@ -72,30 +97,34 @@ def expand_paths(paths: str) -> list[str]:
 
 
 def _read_text(path: str) -> list[str]:
-  try:
-    with open(path, encoding='utf-8') as f:
-      return [f.read()]
-  except UnicodeDecodeError as e:
-    raise ValueError(f'{path} is not UTF-8 text (byte {e.start}); convert it or remove it from data.paths') from e
+  return [_decode(path)]
 
 
 def _read_jsonl(path: str, field: str) -> list[str]:
   docs = []
-  try:
-    with open(path, encoding='utf-8') as f:
-      for n, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        try:
-          record = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise ValueError(f'{path}:{n} is not valid JSON ({e.msg}); fix or remove that line') from e
-        if not isinstance(record, dict) or not isinstance(record.get(field), str):
-          raise ValueError(f'{path}:{n} has no string field {field!r}; set --config.data.text_field')
-        docs.append(record[field])
-  except UnicodeDecodeError as e:
-    raise ValueError(f'{path} is not UTF-8 text (byte {e.start}); convert it or remove it from data.paths') from e
+  for n, line in enumerate(_decode(path).splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise ValueError(f'{path}:{n} is not valid JSON ({e.msg}); fix or remove that line') from e
+    if not isinstance(record, dict) or not isinstance(record.get(field), str):
+      raise ValueError(f'{path}:{n} has no string field {field!r}; set --config.data.text_field')
+    docs.append(record[field])
   return docs
+
+
+def _decode(path: str) -> str:
+  with open(path, 'rb') as f:
+    raw = f.read()
+  nul = raw.find(b'\0')
+  if nul >= 0:  # may even be valid UTF-8, but not text: images, archives, arrays
+    raise BadFile(path, f'binary (a NUL byte at offset {nul})')
+  try:
+    return raw.decode('utf-8')
+  except UnicodeDecodeError as e:
+    raise BadFile(path, f'not UTF-8 text (byte {e.start})') from e
 
 
 def split_long(doc: str, max_chars: int) -> list[str]:

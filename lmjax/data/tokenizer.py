@@ -41,6 +41,10 @@ class Tokenizer:
   eos_id = property(lambda self: EOS)
   mask_id = property(lambda self: self._sp.PieceToId(MASK_PIECE))
 
+  def vocabulary(self) -> tuple[str, ...]:
+    """Every piece, in id order: two tokenizers with equal vocabularies give the same ids."""
+    return tuple(self._sp.IdToPiece(i) for i in range(self.vocab_size))
+
   def encode(self, text: str) -> list[int]:
     return self._sp.EncodeAsIds(text)
 
