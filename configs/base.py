@@ -12,8 +12,9 @@ def get_config():
   c.objective = 'clm'               # 'clm': next-token (causal LM, decoder) | 'mlm': masked LM (encoder)
 
   c.data = d = config_dict.ConfigDict()
-  d.source = 'python_docs'          # 'python_docs' (built-in, offline) | 'text' | 'jsonl'
-  d.paths = ''                      # text/jsonl: comma-separated files or globs
+  d.source = 'python_docs'          # 'python_docs' (built-in, offline) | 'text' | 'jsonl' | 'prepared'
+  d.paths = ''                      # text/jsonl: comma-separated files or globs; prepared: the directory
+                                    # written by python -m lmjax.data.prepare (its split and tokenizer are used)
   d.text_field = 'text'             # jsonl: field holding the document text
   d.on_bad_file = 'fail'            # a binary or non-UTF-8 file: 'fail' (error naming it) | 'skip' (counted, logged)
   d.max_doc_chars = 4000            # long documents are split at paragraphs into pieces this long

@@ -27,7 +27,7 @@ from lmjax import evaluate as evaluate_lib
 from lmjax import metrics as metrics_lib
 from lmjax import objectives, optim, sharding, steps
 from lmjax import state as state_lib
-from lmjax.data import pipeline, sources
+from lmjax.data import pipeline, prepared, sources
 from lmjax.data import tokenizer as tokenizer_lib
 from lmjax.models.transformer import ModelConfig, Transformer
 
@@ -56,25 +56,49 @@ def masking(config: ml_collections.ConfigDict, tokenizer: tokenizer_lib.Tokenize
               word_starts_V=tokenizer.word_starts() if g.whole_word else None)
 
 
-def load_or_train_tokenizer(config, workdir: str, train_docs, *, resuming: bool = False) -> tokenizer_lib.Tokenizer:
-  """The workdir's tokenizer if present (resume), else a copy of data.tokenizer_path, else a new one."""
+def load_data(config: ml_collections.ConfigDict, workdir: str, *, resuming: bool):
+  """(train records, validation records, tokenizer): raw text tokenized on the fly, or a prepared corpus.
+
+  Records are ``{'tokens': int32 [bos, ..., eos]}`` per document (``lmjax.data.pipeline.encode``).
+  A prepared corpus (``python -m lmjax.data.prepare``) brings its own split and tokenizer.
+  """
+  if config.data.source == 'prepared':
+    if config.data.tokenizer_path:
+      raise ValueError('data.source=prepared uses the tokenizer saved with the corpus; drop '
+                       '--config.data.tokenizer_path')
+    directory = config.data.paths
+    tokenizer = load_or_train_tokenizer(config, workdir, None, resuming=resuming,
+                                        source_path=prepared.tokenizer_path(directory))
+    return prepared.split_source(directory, 'train'), prepared.split_source(directory, 'validation'), tokenizer
+  docs = sources.load_documents(config.data.source, config.data.paths, config.data.text_field,
+                                config.data.max_doc_chars, config.data.on_bad_file)
+  train_docs, val_docs = sources.split_documents(docs, config.data.val_fraction, config.seed)
+  tokenizer = load_or_train_tokenizer(config, workdir, train_docs, resuming=resuming)
+  return pipeline.encode(train_docs, tokenizer), pipeline.encode(val_docs, tokenizer), tokenizer
+
+
+def load_or_train_tokenizer(config, workdir: str, train_docs, *, resuming: bool = False,
+                            source_path: str = '') -> tokenizer_lib.Tokenizer:
+  """The workdir's tokenizer if present (resume), else a copy of ``source_path`` or data.tokenizer_path,
+  else a new one trained on ``train_docs``."""
   path = os.path.join(workdir, TOKENIZER_FILE)
+  source_path = source_path or config.data.tokenizer_path
   if os.path.exists(path) or resuming:
     try:
       tokenizer = tokenizer_lib.Tokenizer(path)
     except ValueError as e:
       raise ValueError(f'{path} is missing or unreadable, and the checkpoints in {workdir} need the '
                        'tokenizer they were trained with; restore that file or start a new --workdir') from e
-    if config.data.tokenizer_path:
-      wanted = tokenizer_lib.Tokenizer(config.data.tokenizer_path)
+    if source_path:
+      wanted = tokenizer_lib.Tokenizer(source_path)
       if wanted.vocabulary() != tokenizer.vocabulary():
-        raise ValueError(f'data.tokenizer_path={config.data.tokenizer_path} ({wanted.vocab_size} pieces) is not '
+        raise ValueError(f'data.tokenizer_path={source_path} ({wanted.vocab_size} pieces) is not '
                          f'the tokenizer this workdir was trained with ({path}, {tokenizer.vocab_size} pieces); '
                          'drop --config.data.tokenizer_path to resume, or start a new --workdir')
     return tokenizer
-  if config.data.tokenizer_path:
-    tokenizer_lib.Tokenizer(config.data.tokenizer_path)  # validates before copying
-    _atomic_copy(config.data.tokenizer_path, path)
+  if source_path:
+    tokenizer_lib.Tokenizer(source_path)  # validates before copying
+    _atomic_copy(source_path, path)
   else:
     # Deterministic, so every process may train its own copy (no shared filesystem needed).
     logging.info('training a %d-token %s tokenizer on %d documents', config.data.vocab_size,
@@ -197,16 +221,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint_lib
   is_main = jax.process_index() == 0
   row_len = objectives.row_len(config.objective, config.data.seq_len)
   start_step = ckpt.latest_step()
-  docs = sources.load_documents(config.data.source, config.data.paths, config.data.text_field,
-                                config.data.max_doc_chars, config.data.on_bad_file)
-  train_docs, val_docs = sources.split_documents(docs, config.data.val_fraction, config.seed)
-  tokenizer = load_or_train_tokenizer(config, workdir, train_docs, resuming=start_step is not None)
-  pipeline.check_enough_tokens(train_docs, tokenizer, batch_size=config.train.batch_size, row_len=row_len)
+  train_records, val_records, tokenizer = load_data(config, workdir, resuming=start_step is not None)
+  pipeline.check_enough_tokens(train_records, batch_size=config.train.batch_size, row_len=row_len)
   model_cfg = model_config(config, tokenizer.vocab_size)
   model = Transformer(model_cfg)
   if is_main:
     logging.info('validation baselines without context: unigram perplexity %.1f, majority-token accuracy %.3f',
-                 *pipeline.unigram_baselines(train_docs, val_docs, tokenizer).values())
+                 *pipeline.unigram_baselines(train_records, val_records, tokenizer.vocab_size).values())
 
   mesh = sharding.make_mesh(**config.mesh.to_dict())
   sharding.check_batch_size(config.train.batch_size, mesh)
@@ -215,10 +236,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint_lib
   abstract, shardings = state_lib.abstract_state(model, tx, example_BL, mesh)
 
   train_iter = pipeline.sharded_train_iterator(
-      train_docs, tokenizer, row_len=row_len, batch_size=config.train.batch_size, seed=config.seed,
+      train_records, row_len=row_len, batch_size=config.train.batch_size, seed=config.seed,
       num_shards=config.data.shards or jax.process_count(), process_index=jax.process_index(),
       process_count=jax.process_count())
-  eval_batches = _global_eval_batches(config, val_docs, tokenizer, row_len, mesh)
+  eval_batches = _global_eval_batches(config, val_records, row_len, mesh)
   token_bytes_V = jax.device_put(tokenizer.token_bytes(), sharding.replicated(mesh))
 
   if start_step is not None:
@@ -270,10 +291,10 @@ def _check_config(config: ml_collections.ConfigDict):
     raise ValueError(f"train.nonfinite={config.train.nonfinite!r}: use 'stop' or 'skip'")
 
 
-def _global_eval_batches(config, val_docs, tokenizer, row_len: int, mesh) -> list[dict[str, jax.Array]]:
+def _global_eval_batches(config, val_records, row_len: int, mesh) -> list[dict[str, jax.Array]]:
   """This process's share of the validation split, as global batches; equal counts on every process."""
   host_batch = config.train.batch_size // jax.process_count()
-  batches = pipeline.eval_batches(val_docs, tokenizer, row_len=row_len, batch_size=host_batch,
+  batches = pipeline.eval_batches(val_records, row_len=row_len, batch_size=host_batch,
                                   max_batches=config.train.eval_batches or None,
                                   shard_index=jax.process_index(), shard_count=jax.process_count())
   if jax.process_count() > 1:  # every process must run the same number of eval steps (collectives)

@@ -52,7 +52,7 @@ def test_word_starts(tok):
 
 
 def test_packing_marks_documents(docs, tok):
-  it = pipeline.train_iterator(docs, tok, row_len=64, batch_size=4, seed=0)
+  it = pipeline.train_iterator(pipeline.encode(docs, tok), row_len=64, batch_size=4, seed=0)
   batch = next(it)
   assert {k: v.shape for k, v in batch.items()} == {k: (4, 64) for k in ('tokens', 'segment_ids', 'positions')}
   for tokens, segs, pos in zip(batch['tokens'], batch['segment_ids'], batch['positions']):
@@ -65,12 +65,12 @@ def test_packing_marks_documents(docs, tok):
 
 
 def test_iterator_state_restores_exactly(docs, tok):
-  it = pipeline.train_iterator(docs, tok, row_len=32, batch_size=4, seed=3)
+  it = pipeline.train_iterator(pipeline.encode(docs, tok), row_len=32, batch_size=4, seed=3)
   for _ in range(5):
     next(it)
   state = it.get_state()
   expected = [next(it) for _ in range(3)]
-  fresh = pipeline.train_iterator(docs, tok, row_len=32, batch_size=4, seed=3)
+  fresh = pipeline.train_iterator(pipeline.encode(docs, tok), row_len=32, batch_size=4, seed=3)
   fresh.set_state(state)
   for want in expected:
     got = next(fresh)
@@ -83,7 +83,7 @@ def test_process_shards_read_disjoint_documents(tok):
   docs = [f'document number {i} says hello' for i in range(41)]  # odd: epochs do not align with the stride
   seen = []
   for shard in range(2):
-    it = pipeline.train_iterator(docs, tok, row_len=80, batch_size=1, seed=0, shard_index=shard,
+    it = pipeline.train_iterator(pipeline.encode(docs, tok), row_len=80, batch_size=1, seed=0, shard_index=shard,
                                  shard_count=2)
     text = tok.decode(next(it)['tokens'][0])
     seen.append({i for i in range(41) if f'number {i} says' in text})
@@ -92,7 +92,7 @@ def test_process_shards_read_disjoint_documents(tok):
 
 def test_eval_batches_cover_every_token_once(docs, tok):
   val = docs[:30]
-  batches = pipeline.eval_batches(val, tok, row_len=64, batch_size=8)
+  batches = pipeline.eval_batches(pipeline.encode(val, tok), row_len=64, batch_size=8)
   tokens = np.concatenate([b['tokens'][b['segment_ids'] > 0] for b in batches])
   expected = np.concatenate([[tok.bos_id, *tok.encode(d), tok.eos_id] for d in val])
   np.testing.assert_array_equal(tokens, expected)
@@ -103,7 +103,7 @@ def test_eval_batches_cover_every_token_once(docs, tok):
 def test_unigram_baselines(tok):
   train = ['a a a b', 'a b c']
   val = ['a b', 'c a']
-  result = pipeline.unigram_baselines(train, val, tok)
+  result = pipeline.unigram_baselines(pipeline.encode(train, tok), pipeline.encode(val, tok), tok.vocab_size)
   counts = np.bincount(np.concatenate([tok.encode(d) for d in train]), minlength=tok.vocab_size) + 0.5
   ids = np.concatenate([tok.encode(d) for d in val])
   assert result['unigram_perplexity'] == pytest.approx(np.exp(-np.mean(np.log(counts[ids] / counts.sum()))))

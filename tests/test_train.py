@@ -37,7 +37,8 @@ def _baselines(config, workdir):
   docs = sources.load_documents('text', config.data.paths, 'text', config.data.max_doc_chars)
   train_docs, val_docs = sources.split_documents(docs, config.data.val_fraction, config.seed)
   tok = tokenizer.Tokenizer(os.path.join(workdir, 'tokenizer.model'))
-  return pipeline.unigram_baselines(train_docs, val_docs, tok)
+  return pipeline.unigram_baselines(pipeline.encode(train_docs, tok), pipeline.encode(val_docs, tok),
+                                    tok.vocab_size)
 
 
 def test_train_writes_artifacts_and_learns(corpus, tmp_path):

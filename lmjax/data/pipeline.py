@@ -30,22 +30,31 @@ class _Encode(grain.transforms.Map):
     return {'tokens': np.asarray(ids, np.int32)}
 
 
+def encode(docs: list[str], tokenizer: Tokenizer) -> grain.MapDataset:
+  """Raw documents as the records every pipeline below reads: ``{'tokens': int32 [bos, ..., eos]}``.
+
+  Lazy: a document is tokenized when it is read. A prepared corpus
+  (``lmjax.data.prepared.split_source``) yields the same records from disk.
+  """
+  return grain.MapDataset.source(docs).map(_Encode(tokenizer))
+
+
 def _pack(ds: grain.IterDataset, row_len: int) -> grain.IterDataset:
   packed = ConcatThenSplitIterDataset(ds, length_struct={'tokens': row_len})
   return packed.map(lambda row: {new: row[old].astype(np.int32) for old, new in _RENAME.items()})
 
 
-def train_iterator(docs: list[str], tokenizer: Tokenizer, *, row_len: int, batch_size: int, seed: int,
+def train_iterator(records: grain.MapDataset, *, row_len: int, batch_size: int, seed: int,
                    shard_index: int = 0, shard_count: int = 1) -> grain.DatasetIterator:
   """Infinite, checkpointable iterator of {'tokens','segment_ids','positions'}: int32 [batch_size, row_len].
 
-  ``batch_size`` is this process's share; each process reads the documents
-  ``shard_index::shard_count`` of every epoch's global shuffle (disjoint across processes).
+  ``records`` are documents (see ``encode``). ``batch_size`` is this shard's share;
+  a shard reads the documents ``shard_index::shard_count`` of every epoch's global
+  shuffle (disjoint across shards).
   """
-  if not docs:
+  if not len(records):
     raise ValueError('no training documents; check --config.data.paths and data.val_fraction')
-  ds = grain.MapDataset.source(docs).shuffle(seed=seed).repeat(None)
-  ds = ds[shard_index::shard_count].map(_Encode(tokenizer))
+  ds = records.shuffle(seed=seed).repeat(None)[shard_index::shard_count]
   ds = _pack(ds.to_iter_dataset(), row_len).batch(batch_size, drop_remainder=True)
   return iter(ds)
 
@@ -69,7 +78,7 @@ class _ConcatShards(grain.DatasetIterator):
       it.set_state(s)
 
 
-def sharded_train_iterator(docs: list[str], tokenizer: Tokenizer, *, row_len: int, batch_size: int, seed: int,
+def sharded_train_iterator(records: grain.MapDataset, *, row_len: int, batch_size: int, seed: int,
                            num_shards: int, process_index: int, process_count: int) -> grain.DatasetIterator:
   """This process's rows of every global batch, the same whatever the number of processes.
 
@@ -82,17 +91,17 @@ def sharded_train_iterator(docs: list[str], tokenizer: Tokenizer, *, row_len: in
     raise ValueError(f'data.shards={num_shards} must be a multiple of the {process_count} processes and '
                      f'divide train.batch_size={batch_size}; set --config.data.shards')
   per_process = num_shards // process_count
-  shards = [train_iterator(docs, tokenizer, row_len=row_len, batch_size=batch_size // num_shards, seed=seed,
+  shards = [train_iterator(records, row_len=row_len, batch_size=batch_size // num_shards, seed=seed,
                            shard_index=s, shard_count=num_shards)
             for s in range(process_index * per_process, (process_index + 1) * per_process)]
   return shards[0] if len(shards) == 1 else _ConcatShards(shards)
 
 
-def check_enough_tokens(docs: list[str], tokenizer: Tokenizer, *, batch_size: int, row_len: int):
+def check_enough_tokens(records: grain.MapDataset, *, batch_size: int, row_len: int):
   """A clear error when the documents cannot fill one global batch (they would repeat within it)."""
   need, have = batch_size * row_len, 0
-  for doc in docs:
-    have += len(tokenizer.encode(doc)) + 2  # with bos and eos
+  for record in records:
+    have += len(record['tokens'])
     if have >= need:
       return
   raise ValueError(f'the training split holds {have} tokens, fewer than one batch of {need} '
@@ -100,15 +109,14 @@ def check_enough_tokens(docs: list[str], tokenizer: Tokenizer, *, batch_size: in
                    '--config.train.batch_size or --config.data.seq_len')
 
 
-def eval_batches(docs: list[str], tokenizer: Tokenizer, *, row_len: int, batch_size: int,
+def eval_batches(records: grain.MapDataset, *, row_len: int, batch_size: int,
                  max_batches: int | None = None, shard_index: int = 0,
                  shard_count: int = 1) -> list[dict[str, np.ndarray]]:
   """Every document of this shard once, in order, packed like training; the last row and batch padded.
 
   Padding rows are all pad tokens with segment id 0, so they carry no targets.
   """
-  ds = grain.MapDataset.source(docs)[shard_index::shard_count].map(_Encode(tokenizer))
-  rows = _pack(ds.to_iter_dataset(), row_len)
+  rows = _pack(records[shard_index::shard_count].to_iter_dataset(), row_len)
   batches = []
   for batch in rows.batch(batch_size, drop_remainder=False):
     if max_batches is not None and len(batches) == max_batches:
@@ -125,23 +133,29 @@ def pad_batches(batches: list[dict[str, np.ndarray]], count: int, *, batch_size:
   return list(batches) + [dict(empty) for _ in range(count - len(batches))]
 
 
-def unigram_baselines(train_docs: list[str], val_docs: list[str], tokenizer: Tokenizer, *,
-                      max_chars: int = 8_000_000) -> dict[str, float]:
+def unigram_baselines(train_records: grain.MapDataset, val_records: grain.MapDataset, vocab_size: int, *,
+                      max_tokens: int = 2_000_000) -> dict[str, float]:
   """Context-free reference points for the validation split, from training-split token counts.
 
   ``unigram_perplexity``: perplexity of the token frequencies (add-0.5 smoothing);
   ``majority_accuracy``: accuracy of always guessing the most frequent token. A model
-  that beats them uses context, not just counts. Each split is read up to ``max_chars``
-  (exact for small corpora, an estimate that costs seconds for large ones).
+  that beats them uses context, not just counts. bos/eos are left out. Each split is
+  read up to ``max_tokens`` (exact for small corpora, an estimate that costs seconds
+  for large ones).
   """
-  counts_V = np.bincount(np.concatenate([tokenizer.encode(d) for d in _prefix(train_docs, max_chars)]),
-                         minlength=tokenizer.vocab_size) + 0.5
-  val = np.concatenate([tokenizer.encode(d) for d in _prefix(val_docs, max_chars)])
+  counts_V = np.bincount(_prefix(train_records, max_tokens), minlength=vocab_size) + 0.5
+  val = _prefix(val_records, max_tokens)
   return {'unigram_perplexity': float(np.exp(-np.log(counts_V[val] / counts_V.sum()).mean())),
           'majority_accuracy': float(np.mean(val == counts_V.argmax()))}
 
 
-def _prefix(docs: list[str], max_chars: int) -> list[str]:
-  """The leading documents holding at most ``max_chars`` characters (at least one)."""
-  total = np.cumsum([len(d) for d in docs])
-  return docs[:max(1, int(np.searchsorted(total, max_chars, side='right')))]
+def _prefix(records: grain.MapDataset, max_tokens: int) -> np.ndarray:
+  """The tokens (without bos/eos) of the leading documents holding at most ``max_tokens`` (at least one)."""
+  kept, total = [], 0
+  for record in records:
+    tokens = record['tokens'][1:-1]
+    if kept and total + len(tokens) > max_tokens:
+      break
+    kept.append(tokens)
+    total += len(tokens)
+  return np.concatenate(kept)

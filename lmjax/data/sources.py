@@ -39,7 +39,8 @@ def load_documents(source: str, paths: str = '', text_field: str = 'text', max_d
       logging.warning('data.on_bad_file=skip: skipped %d binary or non-UTF-8 file(s): %s', len(skipped),
                       ', '.join(skipped[:5]) + (' ...' if len(skipped) > 5 else ''))
   else:
-    raise ValueError(f'data.source={source!r} is not one of {", ".join(SOURCES)}; set --config.data.source')
+    raise ValueError(f'data.source={source!r} is not one of {", ".join(SOURCES)}, prepared; set '
+                     '--config.data.source')
   pieces = [p.rstrip() for d in docs for p in split_long(d, max_doc_chars) if p.strip()]
   if not pieces:
     raise ValueError(f'data.source={source!r} data.paths={paths!r} holds no text; point '
