@@ -272,7 +272,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint_lib
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main, resume_step=start_step)
   flops_per_token = model_cfg.flops_per_token(config.data.seq_len)
   loop = _Loop(config, state, train_fn, eval_fn, train_iter, eval_batches, token_bytes_V, ckpt, writer,
-               schedule, mesh, is_main, flops_per_token)
+               schedule, mesh, is_main, flops_per_token, workdir)
   try:
     return loop.run(start_step)
   finally:
@@ -319,6 +319,7 @@ class _Loop:
   mesh: jax.sharding.Mesh
   is_main: bool
   flops_per_token: float
+  workdir: str
 
   def run(self, start_step: int) -> dict[str, float]:
     cfg = self.config.train
@@ -328,8 +329,10 @@ class _Loop:
     bar = metrics_lib.progress_bar(start_step, cfg.max_steps, self.is_main)
     pending, last_eval = None, {}
     self._nonfinite_before = int(jax.device_get(optim.nonfinite_count(self.state.opt_state)))
+    self._tracing = False
     with sharding.activate(self.mesh), _StopRequest() as stop:
       for step in range(start_step + 1, cfg.max_steps + 1):
+        self._profile(step)
         batch = sharding.host_to_global(next(self.train_iter), self.mesh)
         self.state, metrics = self.train_fn(self.state, batch, rng)
         if pending is not None:
@@ -362,8 +365,24 @@ class _Loop:
         throughput.exclude(time.perf_counter() - other_work)
       if pending is not None:
         self._write(*self._train_scalars(*pending, throughput, tokens_per_step), bar)
+      if self._tracing:  # the run ended inside the profiled window
+        jax.profiler.stop_trace()
     bar.close()
     return last_eval
+
+  def _profile(self, step: int):
+    """A jax.profiler trace of steps profile_start .. profile_start + profile_steps - 1 (TensorBoard / Perfetto)."""
+    first, count = self.config.train.profile_start, self.config.train.profile_steps
+    if not first or step not in (first, first + count):
+      return
+    jax.block_until_ready(self.state)  # the trace holds exactly these steps' device work
+    if step == first:
+      jax.profiler.start_trace(os.path.join(self.workdir, 'profile'))
+      self._tracing = True
+    elif self._tracing:
+      jax.profiler.stop_trace()
+      self._tracing = False
+      logging.info('profiled steps %d-%d into %s/profile', first, step - 1, self.workdir)
 
   def _stop_requested(self, step: int, stop: _StopRequest) -> bool:
     """Ctrl-C / SIGTERM. With several processes all must stop at the same step: they agree

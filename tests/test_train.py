@@ -91,6 +91,14 @@ def test_resume_reproduces_uninterrupted_run(corpus, tmp_path, objective):
   jax.tree.map(np.testing.assert_array_equal, _latest_params(workdir), straight_params)
 
 
+def test_profile_window_writes_a_trace(corpus, tmp_path):
+  train.train_and_evaluate(tiny_config(corpus, **{'train.max_steps': 4, 'train.eval_every': 4,
+                                                  'train.profile_start': 2, 'train.profile_steps': 2}),
+                           str(tmp_path))
+  traces = [f for _, _, files in os.walk(tmp_path / 'profile') for f in files if f.endswith('.xplane.pb')]
+  assert len(traces) == 1
+
+
 def test_grad_accumulation_matches_full_batch(corpus, tmp_path):
   a = train.train_and_evaluate(tiny_config(corpus, **{'train.max_steps': 3}), str(tmp_path / 'a'))
   b = train.train_and_evaluate(tiny_config(corpus, **{'train.max_steps': 3, 'train.grad_accum_steps': 2}),
