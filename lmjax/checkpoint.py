@@ -66,19 +66,9 @@ class Checkpointer:
 
   def check_compatible(self, step: int, abstract_state):
     """Raises ``ValueError`` naming the first parameter whose shape or dtype differs from the checkpoint's."""
-    saved = _flat(self._manager.item_metadata(step)['state'].tree['params'])
-    wanted = _flat(abstract_state.params)
-    where = f'the checkpoint at step {step} in {self.directory}'
-    fix = ('resume with the config the run was trained with (its config.json) or start a new --workdir')
-    for name in sorted(saved.keys() | wanted.keys()):
-      if name not in wanted:
-        raise ValueError(f'{where} has parameter {name}, which this model lacks; {fix}')
-      if name not in saved:
-        raise ValueError(f'this model has parameter {name}, which {where} lacks; {fix}')
-      (shape, dtype), (want_shape, want_dtype) = saved[name], wanted[name]
-      if shape != want_shape or dtype != want_dtype:
-        raise ValueError(f'parameter {name} is {dtype}{list(shape)} in {where} but {want_dtype}'
-                         f'{list(want_shape)} in this config; {fix}')
+    saved = self._manager.item_metadata(step)['state'].tree['params']
+    check_same_params(saved, abstract_state.params, f'the checkpoint at step {step} in {self.directory}',
+                      'resume with the config the run was trained with (its config.json) or start a new --workdir')
 
   def restore(self, step: int, abstract_state, data_iterator=None):
     """Restores the state into ``abstract_state``'s shardings and, if given, the iterator in place."""
@@ -110,6 +100,21 @@ class Checkpointer:
       raise ValueError(f'could not save the checkpoint at step {failed} in {self.directory} ({_reason(error)}); '
                        f'the last complete checkpoint ({last}) is intact: free disk space or fix the directory, '
                        'then run the same command to resume') from error
+
+
+def check_same_params(source, wanted, where: str, fix: str):
+  """Raises ``ValueError`` naming the first parameter of ``source`` (at ``where``) that ``wanted`` lacks
+  or has with another shape or dtype, or the other way round."""
+  saved, wanted = _flat(source), _flat(wanted)
+  for name in sorted(saved.keys() | wanted.keys()):
+    if name not in wanted:
+      raise ValueError(f'{where} has parameter {name}, which this model lacks; {fix}')
+    if name not in saved:
+      raise ValueError(f'this model has parameter {name}, which {where} lacks; {fix}')
+    (shape, dtype), (want_shape, want_dtype) = saved[name], wanted[name]
+    if shape != want_shape or dtype != want_dtype:
+      raise ValueError(f'parameter {name} is {dtype}{list(shape)} in {where} but {want_dtype}'
+                       f'{list(want_shape)} in this config; {fix}')
 
 
 def _reason(error: BaseException) -> str:

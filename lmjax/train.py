@@ -23,6 +23,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from lmjax import checkpoint as checkpoint_lib
+from lmjax import convert
 from lmjax import evaluate as evaluate_lib
 from lmjax import metrics as metrics_lib
 from lmjax import objectives, optim, sharding, steps
@@ -250,6 +251,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint_lib
   else:
     state = state_lib.create(model, tx, example_BL, mesh, jax.random.key(config.seed))[0]
     start_step = 0
+    if config.train.init_from:  # continued pretraining: these weights, a fresh optimizer and schedule
+      state = state.replace(params=jax.device_put(_initial_params(config.train.init_from, abstract.params),
+                                                  shardings.params))
+      logging.info('initialised the parameters from %s', config.train.init_from)
   if is_main:
     _write_config(config, workdir)
   logging.info('model: %s parameters; mesh %s', f'{model_cfg.num_params():,}', dict(mesh.shape))
@@ -277,6 +282,21 @@ def _train(config: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint_lib
     return loop.run(start_step)
   finally:
     writer.close()
+
+
+def _initial_params(path: str, abstract_params):
+  """Parameters from an lmjax workdir's latest checkpoint or a Hugging Face GPT-2 directory, shape-checked.
+
+  They are read whole on one device, then placed into this run's shardings.
+  """
+  hf_config = os.path.join(path, convert.CONFIG)
+  if os.path.isfile(hf_config) and not os.path.isdir(os.path.join(path, 'checkpoints')):
+    params = convert.import_gpt2(path)[1]
+  else:
+    params = load_for_inference(path)[2]
+  checkpoint_lib.check_same_params(params, abstract_params, f'train.init_from={path}',
+                                   'set --config.model.* (and data.vocab_size / tokenizer) to match it')
+  return params
 
 
 def _check_config(config: ml_collections.ConfigDict):
