@@ -1,13 +1,14 @@
 """Text generation from a trained workdir, with a KV cache.
 
-  python -m lmjax.sample --workdir=runs/default --prompt="The for statement" \
-      [--max_new_tokens=200 --temperature=0.8 --top_k=0 --top_p=0.95 --seed=0]
+  python -m lmjax.sample --workdir=runs/default --prompt="The for statement" [--prompt=...] \
+      [--max_new_tokens=200 --temperature=0.8 --top_k=0 --top_p=0.95 --seed=0 --num_samples=4 --stop=.]
 """
 
 from __future__ import annotations
 
 import functools
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -83,36 +84,74 @@ def generate_uncached(model: Transformer, params, prompt_BP, rng, *, max_new_tok
   return buf_BT[:, prompt_len:]
 
 
+def complete(model: Transformer, params, tokenizer, prompts: list[str], *, max_new_tokens: int,
+             temperature: float, top_k: int = 0, top_p: float = 1.0, seed: int = 0, num_samples: int = 1,
+             stop: tuple[str, ...] = ()) -> tuple[list[list[str]], dict[str, float]]:
+  """``num_samples`` completions of each prompt (one batch per prompt), cut at EOS or the first stop string.
+
+  Returns (texts per prompt, {'tokens_per_sec', 'compile_sec', 'new_tokens'}): throughput counts
+  every generated token of every sample, timed after compilation.
+  """
+  out, new_tokens, seconds, compile_sec = [], 0, 0.0, 0.0
+  for n, text in enumerate(prompts):
+    prompt = [tokenizer.bos_id] + tokenizer.encode(text)
+    if len(prompt) + max_new_tokens > model.config.max_len:
+      raise ValueError(f'prompt ({len(prompt)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the '
+                       f'model max_len {model.config.max_len}; shorten them')
+    prompt_BP = jnp.asarray(np.tile(prompt, (num_samples, 1)), jnp.int32)
+    rng = jax.random.fold_in(jax.random.key(seed), n)
+    start = time.perf_counter()
+    compiled = generate.lower(model, params, prompt_BP, rng, max_new_tokens=max_new_tokens,
+                              temperature=temperature, top_k=top_k, top_p=top_p).compile()
+    compile_sec += time.perf_counter() - start
+    start = time.perf_counter()
+    new_BT = np.asarray(compiled(params, prompt_BP, rng))  # np.asarray waits for the device
+    seconds += time.perf_counter() - start
+    new_tokens += new_BT.size
+    texts, prompt_text = [], tokenizer.decode(prompt[1:])
+    for row in new_BT.tolist():
+      if tokenizer.eos_id in row:  # a document ends at EOS
+        row = row[:row.index(tokenizer.eos_id)]
+      full = tokenizer.decode(prompt[1:] + row)
+      if full.startswith(prompt_text):  # stop strings apply to the new text only
+        full = prompt_text + cut_at_stop(full[len(prompt_text):], stop)
+      texts.append(full)
+    out.append(texts)
+  return out, {'tokens_per_sec': new_tokens / seconds, 'compile_sec': compile_sec, 'new_tokens': new_tokens}
+
+
+def cut_at_stop(text: str, stop) -> str:
+  """``text`` up to (not including) the earliest of the stop strings."""
+  cuts = [text.find(s) for s in stop if s and s in text]
+  return text[:min(cuts)] if cuts else text
+
+
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir (checkpoints + tokenizer).')
-_PROMPT = flags.DEFINE_string('prompt', '', 'Text to continue.')
+_PROMPT = flags.DEFINE_multi_string('prompt', [''], 'Text to continue (repeat the flag for several prompts).')
 _MAX_NEW = flags.DEFINE_integer('max_new_tokens', 200, 'Tokens to generate.')
 _TEMPERATURE = flags.DEFINE_float('temperature', 0.8, 'Softmax temperature; 0 = greedy.')
 _TOP_K = flags.DEFINE_integer('top_k', 0, 'Sample among the k most likely tokens (0 = all).')
 _TOP_P = flags.DEFINE_float('top_p', 1.0, 'Nucleus sampling mass (1 = off).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed.')
-_NUM_SAMPLES = flags.DEFINE_integer('num_samples', 1, 'Independent completions of the prompt.')
+_NUM_SAMPLES = flags.DEFINE_integer('num_samples', 1, 'Independent completions of each prompt (one batch).')
+_STOP = flags.DEFINE_multi_string('stop', [], 'Cut a completion at this string (repeatable).')
 
 
 def main(argv):
   del argv
   try:
     _, model, params, tokenizer = train.load_for_inference(_WORKDIR.value, objective='clm')
-    prompt = [tokenizer.bos_id] + tokenizer.encode(_PROMPT.value)
-    if len(prompt) + _MAX_NEW.value > model.config.max_len:
-      raise ValueError(f'prompt ({len(prompt)} tokens) + max_new_tokens ({_MAX_NEW.value}) exceeds the '
-                       f'model max_len {model.config.max_len}; shorten them')
+    texts, stats = complete(model, params, tokenizer, _PROMPT.value, max_new_tokens=_MAX_NEW.value,
+                            temperature=_TEMPERATURE.value, top_k=_TOP_K.value, top_p=_TOP_P.value,
+                            seed=_SEED.value, num_samples=_NUM_SAMPLES.value, stop=tuple(_STOP.value))
   except ValueError as e:
     sys.exit(f'error: {e}')
-  prompt_BP = jnp.asarray(np.tile(prompt, (_NUM_SAMPLES.value, 1)), jnp.int32)
-  new_BT = np.asarray(generate(model, params, prompt_BP, jax.random.key(_SEED.value),
-                               max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value,
-                               top_k=_TOP_K.value, top_p=_TOP_P.value))
-  for row in new_BT:
-    ids = row.tolist()
-    if tokenizer.eos_id in ids:  # a document ends at EOS
-      ids = ids[:ids.index(tokenizer.eos_id)]
-    print(tokenizer.decode(prompt[1:] + ids))
-    print('-' * 40)
+  for samples in texts:
+    for text in samples:
+      print(text)
+      print('-' * 40)
+  print(f"{stats['new_tokens']} new tokens at {stats['tokens_per_sec']:,.0f} tokens/s "
+        f"(after {stats['compile_sec']:.1f} s of compilation)", file=sys.stderr)
 
 
 if __name__ == '__main__':

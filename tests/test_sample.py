@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lmjax.models.transformer import ModelConfig, Transformer
-from lmjax.sample import generate, generate_uncached, sample_logits
+from lmjax.sample import cut_at_stop, generate, generate_uncached, sample_logits
 
 
 def _model(positions, **kw):
@@ -51,3 +51,8 @@ def test_top_k_and_top_p_restrict_support():
   assert (np.asarray(sample_logits(logits, keys, temperature=0.0)) == 0).all()
   full = np.asarray(sample_logits(logits, keys, temperature=1.0))
   np.testing.assert_allclose(np.bincount(full, minlength=4) / len(full), [0.5, 0.3, 0.15, 0.05], atol=0.03)
+
+
+def test_stop_strings_cut_at_the_earliest():
+  assert cut_at_stop('abc. def\n\nghi', ('\n\n', '.')) == 'abc'
+  assert cut_at_stop('abc def', ('.', '')) == 'abc def'

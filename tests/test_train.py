@@ -126,10 +126,13 @@ def test_cli_trains_and_samples(corpus, tmp_path):
   assert os.listdir(tmp_path / 'checkpoints') == ['20']
   env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS='', JAX_PLATFORMS='cpu')
   out = subprocess.run([sys.executable, '-m', 'lmjax.sample', f'--workdir={tmp_path}', '--prompt=The',
-                        '--max_new_tokens=20', '--seed=1'], cwd=REPO, env=env, capture_output=True,
-                       text=True, timeout=300)
+                        '--prompt=A list', '--num_samples=2', '--max_new_tokens=20', '--seed=1'], cwd=REPO,
+                       env=env, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   assert out.stdout.startswith('The') and len(out.stdout.split()) > 3
+  samples = out.stdout.split('-' * 40 + '\n')[:-1]
+  assert len(samples) == 4 and samples[2].startswith('A list')
+  assert re.search(r'80 new tokens at [\d,]+ tokens/s', out.stderr), out.stderr[-1000:]
 
 
 def test_cli_fill_mask(corpus, tmp_path):
