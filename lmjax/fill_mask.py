@@ -75,24 +75,27 @@ def fill_mask(model: Transformer, params, tokenizer: Tokenizer, text: str, *, ma
           for i in np.flatnonzero(np.asarray(ids) == tokenizer.mask_id)]
 
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Masked-LM training workdir (checkpoints + tokenizer).')
-_TEXT = flags.DEFINE_string('text', None, 'Text with one or more mask markers.')
-_MARKER = flags.DEFINE_string('mask_marker', '[MASK]', 'The string in --text that marks a masked token.')
-_TOP_K = flags.DEFINE_integer('top_k', 5, 'Candidates printed per masked position.')
+def _define_flags():
+  """Only when run as a CLI, so that notebooks and tests can import this module beside lmjax.sample."""
+  flags.DEFINE_string('workdir', None, 'Masked-LM training workdir (checkpoints + tokenizer).', required=True)
+  flags.DEFINE_string('text', None, 'Text with one or more mask markers.', required=True)
+  flags.DEFINE_string('mask_marker', '[MASK]', 'The string in --text that marks a masked token.')
+  flags.DEFINE_integer('top_k', 5, 'Candidates printed per masked position.')
 
 
 def main(argv):
   del argv
+  args = flags.FLAGS
   try:
-    _, model, params, tokenizer = train.load_for_inference(_WORKDIR.value, objective='mlm')
-    results = fill_mask(model, params, tokenizer, _TEXT.value, marker=_MARKER.value, top_k=_TOP_K.value)
+    _, model, params, tokenizer = train.load_for_inference(args.workdir, objective='mlm')
+    results = fill_mask(model, params, tokenizer, args.text, marker=args.mask_marker, top_k=args.top_k)
   except ValueError as e:
     sys.exit(f'error: {e}')
-  print(_TEXT.value)
+  print(args.text)
   for i, candidates in enumerate(results):
-    print(f'{_MARKER.value} #{i + 1}: ' + '  '.join(f'{t.strip() or repr(t)!s} ({p:.3f})' for t, p in candidates))
+    print(f'{args.mask_marker} #{i + 1}: ' + '  '.join(f'{t.strip() or repr(t)!s} ({p:.3f})' for t, p in candidates))
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['workdir', 'text'])
+  _define_flags()
   app.run(main)

@@ -126,24 +126,27 @@ def cut_at_stop(text: str, stop) -> str:
   return text[:min(cuts)] if cuts else text
 
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir (checkpoints + tokenizer).')
-_PROMPT = flags.DEFINE_multi_string('prompt', [''], 'Text to continue (repeat the flag for several prompts).')
-_MAX_NEW = flags.DEFINE_integer('max_new_tokens', 200, 'Tokens to generate.')
-_TEMPERATURE = flags.DEFINE_float('temperature', 0.8, 'Softmax temperature; 0 = greedy.')
-_TOP_K = flags.DEFINE_integer('top_k', 0, 'Sample among the k most likely tokens (0 = all).')
-_TOP_P = flags.DEFINE_float('top_p', 1.0, 'Nucleus sampling mass (1 = off).')
-_SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed.')
-_NUM_SAMPLES = flags.DEFINE_integer('num_samples', 1, 'Independent completions of each prompt (one batch).')
-_STOP = flags.DEFINE_multi_string('stop', [], 'Cut a completion at this string (repeatable).')
+def _define_flags():
+  """Only when run as a CLI, so that notebooks and tests can import this module beside lmjax.fill_mask."""
+  flags.DEFINE_string('workdir', None, 'Training workdir (checkpoints + tokenizer).', required=True)
+  flags.DEFINE_multi_string('prompt', [''], 'Text to continue (repeat the flag for several prompts).')
+  flags.DEFINE_integer('max_new_tokens', 200, 'Tokens to generate.')
+  flags.DEFINE_float('temperature', 0.8, 'Softmax temperature; 0 = greedy.')
+  flags.DEFINE_integer('top_k', 0, 'Sample among the k most likely tokens (0 = all).')
+  flags.DEFINE_float('top_p', 1.0, 'Nucleus sampling mass (1 = off).')
+  flags.DEFINE_integer('seed', 0, 'Sampling seed.')
+  flags.DEFINE_integer('num_samples', 1, 'Independent completions of each prompt (one batch).')
+  flags.DEFINE_multi_string('stop', [], 'Cut a completion at this string (repeatable).')
 
 
 def main(argv):
   del argv
+  args = flags.FLAGS
   try:
-    _, model, params, tokenizer = train.load_for_inference(_WORKDIR.value, objective='clm')
-    texts, stats = complete(model, params, tokenizer, _PROMPT.value, max_new_tokens=_MAX_NEW.value,
-                            temperature=_TEMPERATURE.value, top_k=_TOP_K.value, top_p=_TOP_P.value,
-                            seed=_SEED.value, num_samples=_NUM_SAMPLES.value, stop=tuple(_STOP.value))
+    _, model, params, tokenizer = train.load_for_inference(args.workdir, objective='clm')
+    texts, stats = complete(model, params, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
+                            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                            seed=args.seed, num_samples=args.num_samples, stop=tuple(args.stop))
   except ValueError as e:
     sys.exit(f'error: {e}')
   for samples in texts:
@@ -155,5 +158,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['workdir'])
+  _define_flags()
   app.run(main)
