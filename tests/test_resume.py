@@ -80,7 +80,8 @@ def _wait_for_step(workdir, step, procs, timeout=300):
     time.sleep(0.005)
 
 
-@pytest.mark.parametrize('objective,processes', [('clm', 1), ('mlm', 1), ('clm', 2),
+@pytest.mark.parametrize('objective,processes', [('clm', 1), pytest.param('mlm', 1, marks=pytest.mark.slow),
+                                                pytest.param('clm', 2, marks=pytest.mark.slow),
                                                 pytest.param('mlm', 2, marks=pytest.mark.slow)])
 def test_sigkill_at_a_random_step_resumes_onto_the_same_losses(corpus, tmp_path, objective, processes):
   """Bitwise: the same program on the same devices, the same data position and fold_in(rng, step)

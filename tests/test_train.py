@@ -59,6 +59,7 @@ def test_train_writes_artifacts_and_learns(corpus, tmp_path):
   assert 'eval_perplexity' in records[-1]
 
 
+@pytest.mark.slow  # 300 steps; MLM training is also covered by resume and sharding tests
 def test_mlm_learns_beyond_the_unigram_baseline(corpus, tmp_path):
   c = tiny_config(corpus, **{'objective': 'mlm', 'train.max_steps': 300, 'train.eval_every': 300,
                              'train.eval_batches': 0, 'model.embed_dim': 64, 'model.mlp_dim': 256,
