@@ -90,9 +90,31 @@ _PEAK_FLOPS = (
 
 
 def peak_flops(device) -> float | None:
-  """The device's dense bf16 peak FLOP/s, or None where unknown (CPUs): MFU is then not logged."""
+  """The device's dense bf16 peak FLOP/s, or None where unknown (CPUs: see ``measure_matmul_flops``)."""
   kind = getattr(device, 'device_kind', '')
   return next((peak for prefix, peak in _PEAK_FLOPS if kind.startswith(prefix)), None)
+
+
+def measure_matmul_flops(size: int = 1024, repeats: int = 4, trials: int = 5) -> float:
+  """Best f32 FLOP/s of a jitted ``size`` x ``size`` matmul on the default device: the practical ceiling.
+
+  Best of ``trials`` (not the mean) because other processes only ever slow a trial
+  down. 1024 is the size that came out fastest on a 2-core CPU (512 ties; 2048
+  falls out of cache); see docs/perf_notes.md.
+  """
+  import jax  # pylint: disable=g-import-not-at-top  (host-side module: jax only for this probe)
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  keys = jax.random.split(jax.random.key(0))
+  a, b = (jax.random.normal(k, (size, size), jnp.float32) for k in keys)
+  matmul = jax.jit(lambda x, y: jnp.dot(x, y, precision=jax.lax.Precision.HIGHEST))
+  matmul(a, b).block_until_ready()
+  best = 0.0
+  for _ in range(trials):
+    start = time.perf_counter()
+    for _ in range(repeats):
+      matmul(a, b).block_until_ready()
+    best = max(best, 2 * size**3 * repeats / (time.perf_counter() - start))
+  return best
 
 
 def flops_scalars(tokens_per_sec: float, flops_per_token: float, num_devices: int,

@@ -43,6 +43,11 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ModelCon
   return ModelConfig(vocab_size=vocab_size, causal=not mlm, mlm_head=mlm, **config.model.to_dict())
 
 
+def predicted_fraction(config: ml_collections.ConfigDict) -> float:
+  """Share of tokens whose output head is useful work (model FLOPs): masked LM reads only the selected ones."""
+  return config.mlm.mask_rate if config.objective == 'mlm' else 1.0
+
+
 def masking(config: ml_collections.ConfigDict, tokenizer: tokenizer_lib.Tokenizer) -> dict | None:
   """The MLM objective's masking arguments (``objectives.mask_tokens``); None for next-token."""
   if config.objective != 'mlm':
@@ -275,7 +280,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint_lib
                     out_shardings=replicated)
 
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main, resume_step=start_step)
-  flops_per_token = model_cfg.flops_per_token(config.data.seq_len)
+  flops_per_token = model_cfg.flops_per_token(config.data.seq_len, predicted_fraction(config))
   loop = _Loop(config, state, train_fn, eval_fn, train_iter, eval_batches, token_bytes_V, ckpt, writer,
                schedule, mesh, is_main, flops_per_token, workdir)
   try:

@@ -179,6 +179,8 @@ def test_loss_sees_masked_positions_only():
 
 @pytest.mark.parametrize('causal', [True, False])
 def test_flops_per_token_counts_attention(causal):
+  """GPT-2 124M shapes: 6 FLOPs per matmul weight, plus 12 * layers * D per attended key (causal: (L+1)/2)."""
   cfg = ModelConfig(vocab_size=50304, num_layers=12, embed_dim=768, num_heads=12, mlp_dim=3072, causal=causal)
-  attention = 12 * 12 * 1024 * 768 * (0.5 if causal else 1.0)
-  assert cfg.flops_per_token(1024) == 6 * (cfg.num_params(include_embeddings=False) + 50304 * 768) + attention
+  weights = 12 * (4 * 768 * 768 + 2 * 768 * 3072) + 50304 * 768
+  attention = 12 * 12 * 768 * (1025 / 2 if causal else 1024)
+  assert cfg.flops_per_token(1024) == 6 * weights + attention

@@ -1,11 +1,15 @@
 """Model behaviour: causality, packing isolation, named sizes, parameter naming."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lmjax import objectives
+from lmjax.models import layers
 from lmjax.models.transformer import SIZES, ModelConfig, Transformer
 
 SMALL = dict(vocab_size=97, num_layers=2, embed_dim=32, num_heads=4, mlp_dim=64, max_len=64)
@@ -133,3 +137,71 @@ def test_bf16_compute_keeps_f32_params_and_logits():
 def test_bad_model_config_is_one_line_error():
   with pytest.raises(ValueError, match='embed_dim=30 must be divisible by num_heads=4'):
     ModelConfig(**dict(SMALL, embed_dim=30))
+
+
+# Speed work (docs/perf_notes.md): each faster path computes what the plain one does.
+
+def test_flat_matmul_is_the_einsum():
+  rng = np.random.default_rng(0)
+  for equation, x_shape, k_shape in [('BLD,DHK->BLHK', (2, 5, 8), (8, 2, 4)), ('BLHK,HKD->BLD', (2, 5, 2, 4), (2, 4, 8)),
+                                     ('BLD,DF->BLF', (2, 5, 8), (8, 16))]:
+    x, kernel = rng.normal(size=x_shape).astype(np.float32), rng.normal(size=k_shape).astype(np.float32)
+    np.testing.assert_allclose(layers._flat_matmul(equation, x, kernel), np.einsum(equation, x, kernel),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_exact_gelu_matches_jax():
+  x = jnp.linspace(-8, 8, 1001)
+  np.testing.assert_allclose(layers.gelu(x, approximate=False), jax.nn.gelu(x, approximate=False), atol=2e-6)
+  grad = jax.vmap(jax.grad(lambda v: layers.gelu(v, approximate=False)))(x)
+  np.testing.assert_allclose(grad, jax.vmap(jax.grad(lambda v: jax.nn.gelu(v, approximate=False)))(x), atol=2e-6)
+
+
+@pytest.mark.parametrize('block', [4, 7, 64])
+def test_causal_attention_in_blocks_matches_full_attention(block):
+  """Skipped key blocks are ones the causal mask zeroes: same outputs and gradients, packed rows included."""
+  batch, length, heads, dim = 2, 24, 2, 8
+  q, k, v = (jax.random.normal(key, (batch, length, heads, dim)) for key in jax.random.split(jax.random.key(0), 3))
+  segments = jnp.asarray([[1] * 10 + [2] * 11 + [0] * 3, [1] * 24], jnp.int32)
+  mask = layers.attention_mask(segments, causal=True)
+
+  def loss(attend, q, k, v):
+    return (attend(q, k, v) * jnp.arange(dim)).sum()
+  full = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask, implementation='xla')
+  blocked = lambda q, k, v: layers.causal_attention_in_blocks(q, k, v, mask, block)
+  np.testing.assert_allclose(blocked(q, k, v), full(q, k, v), atol=1e-6)
+  for got, want in zip(jax.grad(functools.partial(loss, blocked), argnums=(0, 1, 2))(q, k, v),
+                       jax.grad(functools.partial(loss, full), argnums=(0, 1, 2))(q, k, v)):
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_output_head_on_gathered_states_gives_the_same_logits():
+  cfg = ModelConfig(**SMALL, causal=False, mlm_head=True, type_vocab_size=2)
+  model, params = _init(cfg)
+  tokens = _tokens(2, 16)
+  logits = model.apply({'params': params}, tokens)
+  hidden = model.apply({'params': params}, tokens, hidden_only=True)
+  index = jnp.asarray([[0, 5, 15], [3, 3, 9]])
+  head = model.apply({'params': params}, None, hidden_BMD=jnp.take_along_axis(hidden, index[..., None], axis=1))
+  np.testing.assert_allclose(head, jnp.take_along_axis(logits, index[..., None], axis=1), atol=1e-5)
+
+
+@pytest.mark.parametrize('capacity', [16, 4])  # 4: rows select about 9 of 32, so they overflow into the second pass
+def test_masked_lm_loss_at_selected_positions_equals_the_full_loss(capacity, monkeypatch):
+  cfg = ModelConfig(**SMALL, causal=False, mlm_head=True)
+  model, params = _init(cfg)
+  tokens = np.asarray(_tokens(4, 32, seed=3))
+  batch = {'tokens': tokens, 'segment_ids': np.ones_like(tokens), 'positions': np.tile(np.arange(32), (4, 1))}
+  masking = dict(vocab_size=97, mask_id=4, special_ids_S=(0, 2, 3, 4), mask_rate=0.3)
+  monkeypatch.setattr(objectives, 'predict_capacity', lambda length, rate: capacity)
+
+  def loss(selected_only):
+    fn = lambda p: objectives.masked_lm_loss(model.apply, p, batch, jax.random.key(1), train=True, masking=masking,
+                                             selected_only=selected_only)
+    return jax.jit(jax.value_and_grad(fn, has_aux=True))(params)
+  (value, metrics), grads = loss(True)
+  (want_value, want_metrics), want_grads = loss(False)
+  np.testing.assert_allclose(value, want_value, rtol=1e-6)
+  assert float(metrics['loss'][1]) == float(want_metrics['loss'][1]) > 0  # every selected token counted
+  assert float(metrics['accuracy'][0]) == float(want_metrics['accuracy'][0])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), grads, want_grads)

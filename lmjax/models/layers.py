@@ -8,6 +8,7 @@ meshes, configs files or losses. Tensor names carry their shape letters
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import flax.linen as nn
@@ -45,12 +46,44 @@ class Linear(nn.Module):
   def __call__(self, x):
     init = nn.with_logical_partitioning(nn.initializers.normal(self.std), self.names)
     kernel = self.param('kernel', init, self.shape, self.param_dtype)
-    y = jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
+    y = _flat_matmul(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
     if self.bias_names is not None:
       bias_shape = self.shape[-len(self.bias_names):]
       binit = nn.with_logical_partitioning(nn.initializers.zeros, self.bias_names)
       y = y + self.param('bias', binit, bias_shape, self.param_dtype).astype(self.dtype)
     return y
+
+
+def _flat_matmul(equation: str, x, kernel):
+  """``jnp.einsum(equation, x, kernel)`` as one 2-D matmul: [tokens, in] @ [in, out].
+
+  The kernel's leading dims must be ``x``'s trailing ones, in order (every
+  ``Linear`` here). Same products and sums as the einsum, but the backward pass's
+  weight gradient is a plain 2-D dot contracting the token dim: with 3-D
+  operands (two contracting dims, B and L), XLA:CPU transposes the activation
+  gradient with a copy that also recomputes the fused elementwise backward
+  (GELU's), and that copy took a quarter of the CPU step (docs/perf_notes.md).
+  """
+  lhs, rest = equation.split(',')
+  rhs, out = rest.split('->')
+  n = len([c for c in rhs if c in lhs])  # contracted dims
+  assert lhs[-n:] == rhs[:n] and out == lhs[:-n] + rhs[n:], f'{equation}: not [.., in] x [in, out]'
+  fan_in = math.prod(kernel.shape[:n])
+  y = x.reshape(-1, fan_in) @ kernel.reshape(fan_in, -1)
+  return y.reshape(x.shape[:-n] + kernel.shape[n:])
+
+
+def gelu(x, approximate: bool):
+  """GELU: the tanh approximation, or exact as ``x * Phi(x)`` written with erf (PyTorch's formula).
+
+  ``jax.nn.gelu(approximate=False)`` evaluates Phi through erfc, whose XLA:CPU
+  lowering (two polynomials, an exp and selects) made the exact GELU a fifth of
+  the CPU step; erf is one rational polynomial: 2.4x faster forward, 1.5x
+  backward, within 1e-6 of it (docs/perf_notes.md).
+  """
+  if approximate:
+    return nn.gelu(x, approximate=True)
+  return 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
 
 
 class Norm(nn.Module):
@@ -92,6 +125,42 @@ def attention_mask(segment_ids_BL, causal: bool):
   return mask_BLL[:, None]
 
 
+ATTENTION_BLOCK = 128  # query rows per block of causal_attention_in_blocks
+
+
+def causal_attention_in_blocks(q_BLHK, k_BLHK, v_BLHK, mask_B1LL, block: int = ATTENTION_BLOCK):
+  """Causal attention that skips the key blocks no query of a block may see (CPU).
+
+  Queries go in blocks of ``block`` rows; block ``i`` attends to keys
+  ``[0, end of block i)`` only, under the matching slice of the full mask
+  (causal and packed-segment terms alike). A skipped key is one the causal mask
+  would have given weight exp(-large) = 0, so every output is the one
+  ``jax.nn.dot_product_attention`` computes (up to float summation order), for
+  about (n + 1) / 2n of its score and softmax work with n blocks. XLA:CPU has no
+  fused attention; at sequence 256 the full L x L scores and their softmax were
+  a third of the step (docs/perf_notes.md).
+  """
+  length = q_BLHK.shape[1]
+  out = []
+  for start in range(0, length, block):
+    end = min(start + block, length)
+    out.append(_xla_attention(q_BLHK[:, start:end], k_BLHK[:, :end], v_BLHK[:, :end],
+                              mask_B1LL[:, :, start:end, :end]))
+  return out[0] if len(out) == 1 else jnp.concatenate(out, axis=1)
+
+
+def _xla_attention(q_BLHK, k_BSHK, v_BSHK, mask_B1LS):
+  """``jax.nn.dot_product_attention(implementation='xla')``'s arithmetic: f32 scores and softmax."""
+  precision = {jnp.bfloat16: jax.lax.DotAlgorithmPreset.BF16_BF16_F32,
+               jnp.float16: jax.lax.DotAlgorithmPreset.F16_F16_F32}.get(q_BLHK.dtype.type)
+  logits_BHLS = jnp.einsum('BLHK,BSHK->BHLS', q_BLHK, k_BSHK, precision=precision,
+                           preferred_element_type=jnp.float32)
+  logits_BHLS *= jnp.array(q_BLHK.shape[-1] ** -0.5, jnp.float32)
+  logits_BHLS = jnp.where(mask_B1LS, logits_BHLS, -0.7 * jnp.finfo(jnp.float32).max)
+  probs_BHLS = jax.nn.softmax(logits_BHLS, axis=-1).astype(v_BSHK.dtype)
+  return jnp.einsum('BHLS,BSHK->BLHK', probs_BHLS, v_BSHK)
+
+
 class Attention(nn.Module):
   """Multi-head self-attention through ``jax.nn.dot_product_attention``.
 
@@ -119,9 +188,12 @@ class Attention(nn.Module):
     if decode:
       k_BLHK, v_BLHK, mask_B1LS = self._update_cache(k_BLHK, v_BLHK)
 
-    out_BLHK = jax.nn.dot_product_attention(
-        q_BLHK, k_BLHK, v_BLHK, mask=mask_B1LS,
-        implementation=None if cfg.attention_impl == 'auto' else cfg.attention_impl)
+    if cfg.causal and not decode and cfg.attention_impl == 'auto' and jax.default_backend() == 'cpu':
+      out_BLHK = causal_attention_in_blocks(q_BLHK, k_BLHK, v_BLHK, mask_B1LS)
+    else:
+      out_BLHK = jax.nn.dot_product_attention(
+          q_BLHK, k_BLHK, v_BLHK, mask=mask_B1LS,
+          implementation=None if cfg.attention_impl == 'auto' else cfg.attention_impl)
     out_bias = (axes.EMBED,) if cfg.use_bias else None
     # GPT-2 style scaled init of residual projections keeps the residual stream's variance flat.
     out_std = cfg.init_std / (2 * cfg.num_layers) ** 0.5
@@ -162,7 +234,7 @@ class Mlp(nn.Module):
     if cfg.activation == 'swiglu':
       h_BLF = nn.silu(h_BLF) * Linear(**up, name='wi_gate')(x_BLD)
     else:
-      h_BLF = nn.gelu(h_BLF, approximate=cfg.activation == 'gelu')
+      h_BLF = gelu(h_BLF, approximate=cfg.activation == 'gelu')
     h_BLF = _constrain(h_BLF, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_MLP))
     kw['std'] = cfg.init_std / (2 * cfg.num_layers) ** 0.5
     return Linear('BLF,FD->BLD', (F, D), (axes.MLP, axes.EMBED),
@@ -207,5 +279,5 @@ class MlmTransform(nn.Module):
     # gradients on a (2, 2, 2) CPU mesh with jax 0.10.2: tests/test_sharding.py catches it.)
     h_BLD = Linear('BLD,DE->BLE', (D, D), (axes.MLP, axes.EMBED), (axes.EMBED,), cfg.init_std,
                    cfg.compute_dtype, cfg.weight_dtype, name='dense')(x_BLD)
-    h_BLD = nn.gelu(h_BLD, approximate=cfg.activation == 'gelu')
+    h_BLD = gelu(h_BLD, approximate=cfg.activation == 'gelu')
     return Norm(cfg, name='norm')(h_BLD)

@@ -111,17 +111,42 @@ class ModelConfig:
       total += V if self.mlm_head else 0
     return total
 
-  def flops_per_token(self, seq_len: int) -> float:
-    """Training FLOPs per token (forward + backward = 3x forward), PaLM-style.
+  def matmul_weights(self, predicted_fraction: float = 1.0) -> float:
+    """Weights that multiply an activation, per token: projections, MLP, MLM head, output layer.
 
-    Matmuls: 6 per parameter that multiplies (all but embedding lookups, plus
-    the output projection). Attention scores and values: 12 * layers * seq_len * D
-    for bidirectional attention; a causal model needs only half the score matrix.
+    Not counted: embedding lookups, norms and biases (no matmul; a few FLOPs per
+    element at most). ``predicted_fraction``: the share of tokens the output head
+    (MLM transform and vocabulary projection) runs on; the masked-LM loss runs it
+    at the selected tokens only (``objectives.selected_cross_entropy``).
     """
-    D, V = self.embed_dim, self.vocab_size
-    matmul = self.num_params(include_embeddings=False) + V * D
-    attention = 12 * self.num_layers * seq_len * D
-    return 6 * matmul + (attention / 2 if self.causal else attention)
+    D, F = self.embed_dim, self.mlp_dim
+    per_layer = 4 * D * D + (3 if self.activation == 'swiglu' else 2) * D * F  # q, k, v, out; MLP
+    head = (D * D if self.mlm_head else 0) + self.vocab_size * D
+    return self.num_layers * per_layer + predicted_fraction * head
+
+  def attended_keys(self, seq_len: int) -> float:
+    """Keys each query attends to on average: all L (encoder), or (L + 1) / 2 (causal: query i sees i + 1)."""
+    return (seq_len + 1) / 2 if self.causal else float(seq_len)
+
+  def flops_per_token(self, seq_len: int, predicted_fraction: float = 1.0) -> float:
+    """Training FLOPs per token (forward + backward = 3x forward), PaLM-style, see ``flops_formula``.
+
+    Weights: 2 FLOPs per weight forward, so 6 per weight in training. Attention: the
+    score (QK^T) and value (AV) matmuls each take 2 * D FLOPs per (query, key) pair
+    forward, so 12 * D * (keys attended) per layer in training. Causal attention
+    counts only the keys a query may see (the masked half is not useful work, even
+    where it is computed), so MFU is not inflated; an encoder counts all of them.
+    """
+    attention = 12 * self.num_layers * self.embed_dim * self.attended_keys(seq_len)
+    return 6 * self.matmul_weights(predicted_fraction) + attention
+
+  def flops_formula(self, seq_len: int, predicted_fraction: float = 1.0) -> str:
+    """``flops_per_token`` written out with this model's numbers."""
+    keys = '(L+1)/2' if self.causal else 'L'
+    head = f' (output head on {predicted_fraction:g} of the tokens)' if predicted_fraction != 1.0 else ''
+    return (f'6*N + 12*layers*D*S with N = {self.matmul_weights(predicted_fraction):,.0f} matmul weights per '
+            f'token{head}, layers = {self.num_layers}, D = {self.embed_dim}, S = {keys} = '
+            f'{self.attended_keys(seq_len):g} attended keys (L = {seq_len})')
 
 
 def _check(ok: bool, message: str):
@@ -141,16 +166,28 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, tokens_BL, positions_BL=None, segment_ids_BL=None, type_ids_BL=None, *,
-               deterministic: bool = True, decode: bool = False):
+               deterministic: bool = True, decode: bool = False, hidden_only: bool = False, hidden_BMD=None):
+    """Logits [B, L, V]. ``hidden_only``: stop after the final norm and return the output head's
+    input [B, L, D] instead. ``hidden_BMD`` (with ``tokens_BL=None``): run only the output head, on
+    such states gathered at the M positions a loss reads; the masked-LM loss uses the pair."""
+    cfg = self.config
+    embed_init = nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std), (axes.VOCAB, axes.EMBED))
+    embedding_VD = self.param('token_embed', embed_init, (cfg.vocab_size, cfg.embed_dim), cfg.weight_dtype)
+    if hidden_BMD is not None:
+      return self._head(embedding_VD, hidden_BMD)
+    x_BLD = self._encode(embedding_VD, tokens_BL, positions_BL, segment_ids_BL, type_ids_BL, deterministic,
+                         decode)
+    return x_BLD if hidden_only else self._head(embedding_VD, x_BLD)
+
+  def _encode(self, embedding_VD, tokens_BL, positions_BL, segment_ids_BL, type_ids_BL, deterministic: bool,
+              decode: bool):
+    """Embeddings, the blocks and the final norm: [B, L, D]."""
     cfg = self.config
     batch, length = tokens_BL.shape
     if positions_BL is None:
       positions_BL = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
     if segment_ids_BL is None:
       segment_ids_BL = jnp.ones((batch, length), jnp.int32)
-
-    embed_init = nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std), (axes.VOCAB, axes.EMBED))
-    embedding_VD = self.param('token_embed', embed_init, (cfg.vocab_size, cfg.embed_dim), cfg.weight_dtype)
     x_BLD = embedding_VD.astype(cfg.compute_dtype)[tokens_BL]
     if cfg.positions == 'learned':
       pos_init = nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std), (None, axes.EMBED))
@@ -168,18 +205,24 @@ class Transformer(nn.Module):
     # In decode mode each attention layer builds its mask from its cache.
     mask_B1LS = None if decode else layers.attention_mask(segment_ids_BL, cfg.causal)
     x_BLD = self._blocks(x_BLD, positions_BL, mask_B1LS, deterministic, decode)
-    x_BLD = layers.Norm(cfg, name='final_norm')(x_BLD)
+    return layers.Norm(cfg, name='final_norm')(x_BLD)
+
+  def _head(self, embedding_VD, x_BLD):
+    """The MLM transform (if any), the output projection (tied or not) and the MLM output bias."""
+    cfg = self.config
     if cfg.mlm_head:
       x_BLD = layers.MlmTransform(cfg, name='mlm_head')(x_BLD)
-
     if cfg.tie_embeddings:
       out_VD = embedding_VD
     else:
       head_init = nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std), (axes.VOCAB, axes.EMBED))
       out_VD = self.param('lm_head', head_init, (cfg.vocab_size, cfg.embed_dim), cfg.weight_dtype)
-    # Low-precision inputs, float32 accumulation and output: the softmax and loss stay exact.
-    logits_BLV = jnp.einsum('BLD,VD->BLV', x_BLD, out_VD.astype(cfg.compute_dtype),
-                            preferred_element_type=jnp.float32)
+    # Low-precision inputs, float32 accumulation and output: the softmax and loss stay exact. One 2-D
+    # matmul over the tokens, for the same reason as layers.Linear's.
+    batch, length, dim = x_BLD.shape
+    logits_NV = jnp.dot(x_BLD.reshape(batch * length, dim), out_VD.astype(cfg.compute_dtype).T,
+                        preferred_element_type=jnp.float32)
+    logits_BLV = logits_NV.reshape(batch, length, cfg.vocab_size)
     if cfg.mlm_head:
       bias_init = nn.with_logical_partitioning(nn.initializers.zeros, (axes.VOCAB,))
       logits_BLV = logits_BLV + self.param('output_bias', bias_init, (cfg.vocab_size,), cfg.weight_dtype)

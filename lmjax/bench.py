@@ -1,0 +1,258 @@
+"""Training-step benchmark: the step that training runs, timed, with FLOPs and MFU.
+
+  python -m lmjax.bench --config=configs/gpt.py:small --config.data.seq_len=256 \
+      --config.train.batch_size=64 [--steps=20 --warmup=3 --json=bench.json]
+
+Builds the model, optimizer, state and jitted ``train_step`` the way
+``lmjax.train`` does (same helpers, shardings and donation), feeds random token
+batches of the config's shapes (no data pipeline, no checkpoints: only the step
+is timed), compiles once and reports: step time (each step synchronised with
+``block_until_ready``; the median), tokens/s, model FLOPs per token (see
+``ModelConfig.flops_per_token``), achieved FLOP/s, MFU against the device peak
+(CPU: a matmul ceiling measured here, ``metrics.measure_matmul_flops``; GPU/TPU:
+the datasheet table ``metrics.peak_flops``), compile time and peak memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+import types
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from lmjax import metrics as metrics_lib
+from lmjax import objectives, sharding, steps, train
+from lmjax import state as state_lib
+from lmjax.models.transformer import ModelConfig, Transformer
+
+# Special ids of lmjax tokenizers (lmjax/data/tokenizer.py); the bench has no tokenizer.
+_PAD, _BOS, _EOS, _MASK = 0, 2, 3, 4
+
+
+@dataclasses.dataclass
+class Setup:
+  """What training builds before its loop: the model, the jitted steps and a fresh state."""
+  model_cfg: ModelConfig
+  model: Transformer
+  mesh: jax.sharding.Mesh
+  state: state_lib.TrainState
+  train_fn: object
+  eval_fn: object
+  schedule: object
+
+
+def cpu_devices(config: ml_collections.ConfigDict) -> int:
+  """How many JAX CPU devices this process should have: ``mesh.cpu_devices``, or if 0 (the default)
+  one per core, as many as divide every micro-batch, so the batch splits evenly across them."""
+  wanted = config.mesh.get('cpu_devices', 0)  # a proposed config key: see docs/perf_notes.md
+  if wanted:
+    return wanted
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+  micro_batch = config.train.batch_size // config.train.grad_accum_steps
+  return max(d for d in range(1, cores + 1) if micro_batch % d == 0)
+
+
+def use_cpu_devices(count: int) -> bool:
+  """Splits the CPU into ``count`` JAX devices (data parallel over cores) if JAX has not started yet.
+
+  XLA:CPU splits each operation of one device's program across the cores, and
+  for a small model that synchronisation costs more than the work: on 2 cores
+  the nanoGPT-CPU-shaped train step ran 60 -> 44 ms as two single-core devices
+  that all-reduce their gradients (docs/perf_notes.md). Only the CPU backend is
+  affected (a GPU/TPU host keeps its accelerators). Left alone when the user
+  already chose: ``--xla_force_host_platform_device_count`` in XLA_FLAGS or
+  ``jax_num_cpu_devices`` set. Returns whether it set the count.
+  """
+  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+  if (count <= 1 or 'xla_force_host_platform_device_count' in os.environ.get('XLA_FLAGS', '')
+      or jax.config.jax_num_cpu_devices >= 0 or xla_bridge.backends_are_initialized()):
+    return False
+  jax.config.update('jax_num_cpu_devices', count)
+  return True
+
+
+def vocab_size(config: ml_collections.ConfigDict) -> int:
+  """The bench's vocabulary: config.data.vocab_size (what a trained tokenizer would have)."""
+  return config.data.vocab_size
+
+
+def _stub_tokenizer(vocab: int):
+  """The parts of a Tokenizer that ``train.masking`` reads: every piece starts a word."""
+  return types.SimpleNamespace(vocab_size=vocab, mask_id=_MASK, special_ids=(_PAD, _BOS, _EOS, _MASK),
+                               word_starts=lambda: np.ones(vocab, bool))
+
+
+def build(config: ml_collections.ConfigDict, vocab: int, *, devices=None) -> Setup:
+  """The model, optimizer, state and jitted train/eval steps exactly as ``lmjax.train`` builds them
+  (on ``devices``, default all, like training)."""
+  model_cfg = train.model_config(config, vocab)
+  model = Transformer(model_cfg)
+  mesh = sharding.make_mesh(**config.mesh.to_dict(), devices=devices)
+  sharding.check_batch_size(config.train.batch_size, mesh)
+  tx, schedule = train.make_optimizer(config)
+  example_BL = jnp.zeros((1, config.data.seq_len), jnp.int32)
+  state, _, shardings = state_lib.create(model, tx, example_BL, mesh, jax.random.key(config.seed))
+  loss_fn = functools.partial(
+      objectives.loss_fn(config.objective, train.masking(config, _stub_tokenizer(vocab))), model.apply)
+  batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+  # Keep in step with train._train's jit call (shardings, donation).
+  train_fn = jax.jit(
+      functools.partial(steps.train_step, loss_fn=loss_fn, tx=tx, grad_accum_steps=config.train.grad_accum_steps),
+      in_shardings=(shardings, batch_sharding, replicated), out_shardings=(shardings, replicated),
+      donate_argnums=0)
+  eval_fn = jax.jit(functools.partial(steps.eval_step, loss_fn=loss_fn),
+                    in_shardings=(shardings.params, batch_sharding, replicated, replicated),
+                    out_shardings=replicated)
+  return Setup(model_cfg, model, mesh, state, train_fn, eval_fn, schedule)
+
+
+def random_batches(config: ml_collections.ConfigDict, vocab: int, count: int, seed: int = 0):
+  """``count`` host batches of uniform random tokens, one segment per row, in the pipeline's format."""
+  row_len = objectives.row_len(config.objective, config.data.seq_len)
+  batch = config.train.batch_size
+  rng = np.random.default_rng(seed)
+  positions = np.broadcast_to(np.arange(row_len, dtype=np.int32), (batch, row_len))
+  # Ids >= 5 keep the specials out, so MLM selects ~mask_rate of every row.
+  return [{'tokens': rng.integers(5, vocab, (batch, row_len)).astype(np.int32),
+           'segment_ids': np.ones((batch, row_len), np.int32), 'positions': positions.copy()}
+          for _ in range(count)]
+
+
+def peak_flops_per_device(device, override: float = 0.0) -> tuple[float, str]:
+  """(peak FLOP/s, where it comes from): override, datasheet (GPU/TPU) or a matmul measured now (CPU).
+
+  On CPU the ceiling is measured for the whole processor (one jitted matmul uses
+  every core) and shared equally by the process's CPU devices (one per core
+  when ``use_cpu_devices`` split it).
+  """
+  if override:
+    return override, 'given with --peak_flops'
+  peak = metrics_lib.peak_flops(device)
+  if peak:
+    return peak, f'datasheet dense bf16 peak of {device.device_kind} (lmjax.metrics.peak_flops)'
+  if device.platform == 'cpu':
+    cpu_devices = len(jax.local_devices(backend='cpu'))
+    ceiling = metrics_lib.measure_matmul_flops()
+    return ceiling / cpu_devices, (f'measured f32 matmul ceiling of the CPU, {ceiling / 1e9:.1f} GFLOP/s '
+                                   f'(lmjax.metrics.measure_matmul_flops), / {cpu_devices} CPU device(s)')
+  return 0.0, f'unknown peak for {device.device_kind}: no MFU'
+
+
+def peak_memory(device) -> tuple[int, str]:
+  """(bytes, what was measured): the device's peak allocation where it reports one, else the process's max RSS."""
+  stats = device.memory_stats() if hasattr(device, 'memory_stats') else None
+  if stats and 'peak_bytes_in_use' in stats:
+    return int(stats['peak_bytes_in_use']), 'device peak_bytes_in_use'
+  # Linux reports ru_maxrss in KiB.
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, 'process max RSS (host; includes the runtime)'
+
+
+def run(config: ml_collections.ConfigDict, *, steps_: int = 20, warmup: int = 3, peak_override: float = 0.0,
+        devices=None) -> dict:
+  """Compiles the train step once, runs ``warmup`` then ``steps_`` synchronised steps; returns the results."""
+  vocab = vocab_size(config)
+  setup = build(config, vocab, devices=devices)
+  device = setup.mesh.devices.flat[0]
+  host_batches = random_batches(config, vocab, min(steps_ + warmup, 4))
+  batches = [sharding.host_to_global(b, setup.mesh) for b in host_batches]
+  rng = jax.random.key(config.seed)
+  state = setup.state
+  with sharding.activate(setup.mesh):
+    start = time.perf_counter()
+    compiled = setup.train_fn.lower(state, batches[0], rng).compile()
+    compile_s = time.perf_counter() - start
+    times, losses = [], []
+    for i in range(warmup + steps_):
+      start = time.perf_counter()
+      state, metrics = compiled(state, batches[i % len(batches)], rng)
+      jax.block_until_ready((state, metrics))
+      if i >= warmup:
+        times.append(time.perf_counter() - start)
+      loss_sum, loss_count = jax.device_get(metrics['loss'])
+      losses.append(float(loss_sum) / max(float(loss_count), 1.0))
+  step_s = statistics.median(times)
+  tokens_per_step = config.train.batch_size * config.data.seq_len
+  fraction = train.predicted_fraction(config)
+  flops_per_token = setup.model_cfg.flops_per_token(config.data.seq_len, fraction)
+  num_devices = setup.mesh.size
+  peak, peak_source = peak_flops_per_device(device, peak_override)
+  memory, memory_source = peak_memory(device)
+  tokens_per_sec = tokens_per_step / step_s
+  achieved = tokens_per_sec * flops_per_token
+  return {
+      'objective': config.objective, 'platform': device.platform, 'device_kind': device.device_kind,
+      'num_devices': num_devices, 'batch_size': config.train.batch_size, 'seq_len': config.data.seq_len,
+      'vocab_size': vocab, 'num_params': setup.model_cfg.num_params(),
+      'model': {k: v for k, v in dataclasses.asdict(setup.model_cfg).items()},
+      'steps': steps_, 'warmup': warmup, 'compile_time_s': compile_s,
+      'step_time_s': step_s, 'step_time_mean_s': statistics.fmean(times), 'step_time_min_s': min(times),
+      'step_time_max_s': max(times), 'tokens_per_step': tokens_per_step, 'tokens_per_sec': tokens_per_sec,
+      'flops_per_token': flops_per_token, 'flops_formula': setup.model_cfg.flops_formula(config.data.seq_len, fraction),
+      'flops_per_sec': achieved, 'flops_per_sec_per_device': achieved / num_devices,
+      'peak_flops_per_device': peak, 'peak_source': peak_source,
+      'mfu': achieved / num_devices / peak if peak else None,
+      'peak_memory_bytes': memory, 'peak_memory_source': memory_source,
+      'first_loss': losses[0], 'last_loss': losses[-1],
+      'jax_version': jax.__version__, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
+  }
+
+
+def format_results(r: dict) -> str:
+  mfu = f"{100 * r['mfu']:.1f}%" if r['mfu'] is not None else 'n/a'
+  return '\n'.join([
+      f"{r['objective']} model, {r['num_params']:,} params; batch {r['batch_size']} x seq {r['seq_len']} "
+      f"on {r['num_devices']} x {r['device_kind']} ({r['platform']})",
+      f"compile:        {r['compile_time_s']:.2f} s",
+      f"step time:      {1e3 * r['step_time_s']:.2f} ms median of {r['steps']} (min {1e3 * r['step_time_min_s']:.2f}, "
+      f"mean {1e3 * r['step_time_mean_s']:.2f})",
+      f"tokens/s:       {r['tokens_per_sec']:,.0f}",
+      f"FLOPs/token:    {r['flops_per_token']:,.0f}  = {r['flops_formula']}",
+      f"achieved:       {r['flops_per_sec'] / 1e9:,.2f} GFLOP/s ({r['flops_per_sec_per_device'] / 1e9:,.2f} per device)",
+      f"peak/device:    {r['peak_flops_per_device'] / 1e9:,.1f} GFLOP/s: {r['peak_source']}",
+      f"MFU:            {mfu}",
+      f"peak memory:    {r['peak_memory_bytes'] / 2**20:,.0f} MiB ({r['peak_memory_source']})",
+      f"loss:           {r['first_loss']:.4f} -> {r['last_loss']:.4f}",
+  ])
+
+
+def _define_flags():
+  """Flags exist only when this module is the program, so other scripts can import it with their own."""
+  config_flags.DEFINE_config_file('config', None, 'Config file (path[:arg]).', lock_config=True)
+  flags.DEFINE_integer('steps', 20, 'Timed training steps.')
+  flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.')
+  flags.DEFINE_string('json', None, 'Also write the results to this JSON file.')
+  flags.DEFINE_float('peak_flops', 0.0, 'Peak FLOP/s per device for MFU; 0 = measured (CPU) or datasheet.')
+  flags.mark_flag_as_required('config')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  f = flags.FLAGS
+  use_cpu_devices(cpu_devices(f.config))  # as lmjax.main would: before JAX starts
+  try:
+    results = run(f.config, steps_=f.steps, warmup=f.warmup, peak_override=f.peak_flops)
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  print(format_results(results))
+  if f.json:
+    with open(f.json, 'w', encoding='utf-8') as out:
+      json.dump(results, out, indent=2)
+
+
+if __name__ == '__main__':
+  _define_flags()
+  app.run(main)

@@ -1,0 +1,130 @@
+"""lmjax.bench on a tiny model: the numbers it reports agree with each other; FLOPs per token by hand."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from configs import gpt
+from lmjax import bench, metrics
+from lmjax.models.transformer import ModelConfig, Transformer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ('--config.model.num_layers=1', '--config.model.embed_dim=32', '--config.model.num_heads=2',
+        '--config.model.mlp_dim=64', '--config.data.seq_len=16', '--config.train.batch_size=8',
+        '--config.data.vocab_size=64')
+
+
+def _tiny_config(objective='clm'):
+  c = gpt.get_config('tiny')
+  c.objective = objective
+  for flag in TINY:
+    key, value = flag[len('--config.'):].split('=')
+    section, name = key.split('.')
+    c[section][name] = int(value)
+  return c
+
+
+def _check(r, objective):
+  assert r['objective'] == objective
+  assert r['tokens_per_step'] == 8 * 16
+  assert r['tokens_per_sec'] == pytest.approx(8 * 16 / r['step_time_s'])
+  assert r['step_time_min_s'] <= r['step_time_s'] <= r['step_time_max_s']
+  # Masked LM: useful head work is on the predicted 15% of tokens only (the loss reads no others).
+  fraction = 0.15 if objective == 'mlm' else 1.0
+  assert r['flops_per_token'] == ModelConfig(**r['model']).flops_per_token(16, fraction)
+  assert r['flops_per_sec'] == pytest.approx(r['tokens_per_sec'] * r['flops_per_token'])
+  assert r['mfu'] == pytest.approx(r['flops_per_sec'] / r['num_devices'] / 1e11)
+  assert r['compile_time_s'] > 0 and r['peak_memory_bytes'] > 0
+  assert r['first_loss'] > 0 and r['last_loss'] > 0
+  json.dumps(r)  # the JSON file holds exactly this
+  assert 'S = ' + ('(L+1)/2' if objective == 'clm' else 'L') in r['flops_formula']
+
+
+def test_bench_mlm_results_are_consistent():
+  r = bench.run(_tiny_config('mlm'), steps_=3, warmup=1, peak_override=1e11, devices=jax.devices()[:1])
+  _check(r, 'mlm')
+  assert r['steps'] == 3 and r['num_devices'] == 1
+
+
+def test_bench_cli_writes_consistent_json(tmp_path):
+  out = tmp_path / 'bench.json'
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1', JAX_PLATFORMS='cpu')
+  proc = subprocess.run([sys.executable, '-m', 'lmjax.bench', '--config=configs/gpt.py:tiny', *TINY, '--steps=2',
+                         '--warmup=1', '--peak_flops=1e11', f'--json={out}'],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert 'tokens/s' in proc.stdout and 'MFU' in proc.stdout
+  r = json.loads(out.read_text())
+  _check(r, 'clm')
+  assert r['num_devices'] == 1
+
+
+def test_matmul_ceiling_is_positive():
+  assert metrics.measure_matmul_flops(size=64, repeats=1, trials=1) > 0
+
+
+# A tiny model's matmuls, written out one by one: (what, [M, K] x [K, N] per sequence of L tokens).
+V, D, H, F, LAYERS, L = 11, 8, 2, 16, 2, 5
+K = D // H
+
+
+def _hand_count_forward(causal: bool) -> int:
+  """Forward FLOPs of one sequence (2 per multiply-add), listing every matmul the model does."""
+  per_layer = [
+      ('query', L, D, D), ('key', L, D, D), ('value', L, D, D), ('out', L, D, D),
+      ('mlp in', L, D, F), ('mlp out', L, F, D),
+  ]
+  matmuls = [m for _ in range(LAYERS) for m in per_layer] + [('logits', L, D, V)]
+  flops = sum(2 * m * k * n for _, m, k, n in matmuls)
+  # Attention per layer and head: query i meets key j for j <= i (causal) or every j; each
+  # pair costs a K-long dot product for the score and a K-long weighted sum of values.
+  pairs = L * (L + 1) // 2 if causal else L * L
+  flops += LAYERS * H * pairs * (2 * K + 2 * K)
+  return flops
+
+
+@pytest.mark.parametrize('causal', [True, False])
+def test_flops_per_token_matches_a_hand_count(causal):
+  cfg = ModelConfig(vocab_size=V, num_layers=LAYERS, embed_dim=D, num_heads=H, mlp_dim=F, max_len=L,
+                    causal=causal, positions='learned', norm='layernorm', use_bias=True)
+  # Training = forward + backward (two matmuls per forward matmul) = 3x forward.
+  assert cfg.flops_per_token(L) == pytest.approx(3 * _hand_count_forward(causal) / L)
+
+
+def _dot_flops(jaxpr) -> int:
+  """FLOPs of every dot_general in a jaxpr (and the jaxprs inside it)."""
+  total = 0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == 'dot_general':
+      (_, rhs_contract), (_, rhs_batch) = eqn.params['dimension_numbers']
+      lhs, rhs = (v.aval.shape for v in eqn.invars)
+      rhs_free = [d for i, d in enumerate(rhs) if i not in tuple(rhs_contract) + tuple(rhs_batch)]
+      total += 2 * math.prod(lhs) * math.prod(rhs_free)  # every lhs element meets every free rhs column
+    for param in eqn.params.values():
+      for sub in (param if isinstance(param, (list, tuple)) else [param]):
+        inner = getattr(sub, 'jaxpr', sub)
+        if hasattr(inner, 'eqns'):
+          total += _dot_flops(inner)
+  return total
+
+
+@pytest.mark.parametrize('mlm', [False, True])
+def test_hand_count_matches_the_model_program(mlm):
+  """The hand list above is what the model really computes: count the dots in its forward jaxpr."""
+  cfg = ModelConfig(vocab_size=V, num_layers=LAYERS, embed_dim=D, num_heads=H, mlp_dim=F, max_len=L,
+                    causal=not mlm, mlm_head=mlm, positions='learned', norm='layernorm', use_bias=True)
+  model = Transformer(cfg)
+  tokens = jnp.zeros((1, L), jnp.int32)
+  params = jax.eval_shape(model.init, jax.random.key(0), tokens)  # shapes are all a jaxpr needs
+  counted = _dot_flops(jax.make_jaxpr(lambda p: model.apply(p, tokens))(params).jaxpr)
+  # XLA computes the whole score matrix, masked half included: the honest count leaves it out.
+  full = _hand_count_forward(causal=False) + (2 * L * D * D if mlm else 0)  # + the MLM head's dense layer
+  assert counted == full
+  assert cfg.flops_per_token(L) == pytest.approx(3 * (counted - (LAYERS * H * L * (L - 1) // 2 * 4 * K
+                                                                  if not mlm else 0)) / L)
