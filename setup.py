@@ -24,6 +24,7 @@ setup(
         'matplotlib>=3.8',
         'array-record>=0.8,<0.9',  # prepared corpora (grain reads ArrayRecord)
         'safetensors>=0.4',  # Hugging Face weights in and out (lmjax.convert)
+        'tokenizers>=0.15',  # imported Hugging Face tokenizer.json files (lmjax.data.tokenizer, imported lazily)
         'numpy>=1.26',
     ],
     extras_require={

@@ -9,7 +9,8 @@ from ml_collections import config_dict
 def get_config():
   c = config_dict.ConfigDict()
   c.seed = 0                        # model init, dropout and data-order seed
-  c.objective = 'clm'               # 'clm': next-token (causal LM, decoder) | 'mlm': masked LM (encoder)
+  c.objective = 'clm'               # 'clm': next-token (causal LM, decoder) | 'mlm': masked LM (encoder) |
+                                    # 'classify': fine-tune a classifier (configs/finetune.py, section finetune)
 
   c.data = d = config_dict.ConfigDict()
   d.source = 'python_docs'          # 'python_docs' (built-in, offline) | 'text' | 'jsonl' | 'prepared'
@@ -22,7 +23,8 @@ def get_config():
   d.shards = 0                      # disjoint input streams, read by the processes in equal parts;
                                     # 0 = one per process. Fix it to keep the batches when the process count changes
   d.seq_len = 128                   # model context length (tokens per training sequence)
-  d.tokenizer_path = ''             # sentencepiece .model to use; '' trains one into the workdir
+  d.tokenizer_path = ''             # tokenizer to use: a sentencepiece .model or a Hugging Face tokenizer.json;
+                                    # '' trains a sentencepiece one into the workdir
   d.vocab_size = 2048               # vocabulary size when training a tokenizer
   d.tokenizer_type = 'bpe'          # 'bpe' | 'unigram' (when training a tokenizer)
 
@@ -36,6 +38,9 @@ def get_config():
   m.rope_base = 10_000.0            # rotary base frequency
   m.norm = 'rmsnorm'                # 'rmsnorm' | 'layernorm'
   m.norm_eps = 1e-6                 # norm epsilon
+  m.norm_position = 'pre'           # 'pre': x + f(norm(x)) and a final norm (stabler; lmjax's default) |
+                                    # 'post': norm(x + f(x)), no final norm (BERT's block; imported BERT)
+  m.embed_norm = False              # norm the summed token/position/type embeddings (BERT: True)
   m.activation = 'gelu'             # 'gelu' (tanh approx.) | 'gelu_exact' | 'swiglu'
   m.use_bias = False                # biases in attention/MLP projections
   m.tie_embeddings = True           # output projection shares the token embedding
@@ -76,9 +81,11 @@ def get_config():
   t.eval_every = 200                # steps between evaluations (and one at the end)
   t.eval_batches = 0                # validation batches per evaluation; 0 = the whole split
   t.init_from = ''                  # start (not resume) from these weights: an lmjax workdir or a Hugging Face
-                                    # GPT-2 directory (config.json + model.safetensors); model config must match
+                                    # GPT-2 or BERT directory (config.json + model.safetensors); model config must match
   t.profile_start = 0               # > 0: write a jax.profiler trace of steps [start, start + profile_steps)
   t.profile_steps = 5               #   into <workdir>/profile (tensorboard --logdir, or Perfetto)
+  t.peak_flops = 0.0                # per-device peak FLOP/s for the logged MFU; 0 = the datasheet's (GPU/TPU)
+                                    # or, on CPU, an f32 matmul ceiling measured (0.1 s) before training
   t.nonfinite = 'stop'              # a NaN/inf loss or gradient skips that update, then: 'stop' (at the next
                                     # log step, with a message) | 'skip' (go on; counted as nonfinite_steps)
 
@@ -96,4 +103,26 @@ def get_config():
   x.dcn_data = 1                    # slices along data (the usual choice: only gradients cross DCN)
   x.dcn_fsdp = 1                    # slices along fsdp
   x.dcn_tensor = 1                  # slices along tensor (rarely wise: per-layer traffic)
+  x.cpu_devices = 0                 # CPU only: JAX devices per process, data parallel over the cores (faster
+                                    # than one device that splits every op); 0 = one per core, as many as
+                                    # divide the micro-batch; 1 = one device. Ignored when XLA_FLAGS sets
+                                    # --xla_force_host_platform_device_count
+
+  # Sequence classification (objective='classify', configs/finetune.py): starts from the pretraining
+  # workdir in train.init_from (its tokenizer and model shapes; its weights unless random_init).
+  c.finetune = f = config_dict.ConfigDict()
+  f.data = ''                       # labelled training examples: .csv/.tsv (header row) or .jsonl
+  f.validation = ''                 # validation file; '' = finetune.validation_fraction of finetune.data
+  f.test = ''                       # test file; '' = finetune.test_fraction of finetune.data (0: no test)
+  f.validation_fraction = 0.1       # share of each label held out for validation (seeded by seed)
+  f.test_fraction = 0.1             # share of each label held out for testing
+  f.text_field = 'text'             # column / JSON field with the text
+  f.label_field = 'label'           # column / JSON field with the label (string or integer; ids in sorted order)
+  f.class_weights = 'none'          # loss weight per class: 'none' | 'balanced' (inverse train frequency)
+                                    # | comma-separated numbers in class-id order, e.g. '1,3.5'
+  f.best_metric = 'accuracy'        # validation metric that picks DIR/best: 'accuracy' | 'macro_f1' | 'loss'
+  f.pooling = 'auto'                # hidden states the head reads: 'auto' (encoder: first token, bos/CLS; decoder:
+                                    # last non-padding token) | 'first' | 'last' | 'mean' (of the non-padding tokens)
+  f.dropout_rate = 0.1              # dropout on the pooled state before the classification head
+  f.random_init = False             # True: train.init_from's tokenizer and shapes but fresh weights (baseline)
   return c

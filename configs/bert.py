@@ -3,8 +3,10 @@
 Sizes: tiny, mini, small (modern block: RMSNorm, RoPE, no biases; CPU-friendly),
 base (BERT-base, 110M at a 30K vocabulary) and large (BERT-large, 340M), which
 use BERT's own choices: LayerNorm with biases, learned positions, exact GELU,
-two token types, 512 positions. lmjax keeps pre-norm blocks for every size
-(stabler than BERT's post-norm; the same blocks as the decoder).
+two token types, 512 positions. Training from scratch keeps pre-norm blocks for
+every size (stabler than BERT's post-norm; the same blocks as the decoder). An
+imported Hugging Face BERT (python -m lmjax.convert) uses BERT's own layout:
+model.norm_position='post' and model.embed_norm=True.
 
 Run: python -m lmjax.main --config=configs/bert.py:tiny --workdir=runs/bert_tiny
      python -m lmjax.fill_mask --workdir=runs/bert_tiny --text="The [MASK] statement is used in a loop."

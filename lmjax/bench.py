@@ -53,36 +53,6 @@ class Setup:
   schedule: object
 
 
-def cpu_devices(config: ml_collections.ConfigDict) -> int:
-  """How many JAX CPU devices this process should have: ``mesh.cpu_devices``, or if 0 (the default)
-  one per core, as many as divide every micro-batch, so the batch splits evenly across them."""
-  wanted = config.mesh.get('cpu_devices', 0)  # a proposed config key: see docs/perf_notes.md
-  if wanted:
-    return wanted
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
-  micro_batch = config.train.batch_size // config.train.grad_accum_steps
-  return max(d for d in range(1, cores + 1) if micro_batch % d == 0)
-
-
-def use_cpu_devices(count: int) -> bool:
-  """Splits the CPU into ``count`` JAX devices (data parallel over cores) if JAX has not started yet.
-
-  XLA:CPU splits each operation of one device's program across the cores, and
-  for a small model that synchronisation costs more than the work: on 2 cores
-  the nanoGPT-CPU-shaped train step ran 60 -> 44 ms as two single-core devices
-  that all-reduce their gradients (docs/perf_notes.md). Only the CPU backend is
-  affected (a GPU/TPU host keeps its accelerators). Left alone when the user
-  already chose: ``--xla_force_host_platform_device_count`` in XLA_FLAGS or
-  ``jax_num_cpu_devices`` set. Returns whether it set the count.
-  """
-  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
-  if (count <= 1 or 'xla_force_host_platform_device_count' in os.environ.get('XLA_FLAGS', '')
-      or jax.config.jax_num_cpu_devices >= 0 or xla_bridge.backends_are_initialized()):
-    return False
-  jax.config.update('jax_num_cpu_devices', count)
-  return True
-
-
 def vocab_size(config: ml_collections.ConfigDict) -> int:
   """The bench's vocabulary: config.data.vocab_size (what a trained tokenizer would have)."""
   return config.data.vocab_size
@@ -99,7 +69,7 @@ def build(config: ml_collections.ConfigDict, vocab: int, *, devices=None) -> Set
   (on ``devices``, default all, like training)."""
   model_cfg = train.model_config(config, vocab)
   model = Transformer(model_cfg)
-  mesh = sharding.make_mesh(**config.mesh.to_dict(), devices=devices)
+  mesh = sharding.mesh_from_config(config.mesh, devices=devices)
   sharding.check_batch_size(config.train.batch_size, mesh)
   tx, schedule = train.make_optimizer(config)
   example_BL = jnp.zeros((1, config.data.seq_len), jnp.int32)
@@ -128,26 +98,6 @@ def random_batches(config: ml_collections.ConfigDict, vocab: int, count: int, se
   return [{'tokens': rng.integers(5, vocab, (batch, row_len)).astype(np.int32),
            'segment_ids': np.ones((batch, row_len), np.int32), 'positions': positions.copy()}
           for _ in range(count)]
-
-
-def peak_flops_per_device(device, override: float = 0.0) -> tuple[float, str]:
-  """(peak FLOP/s, where it comes from): override, datasheet (GPU/TPU) or a matmul measured now (CPU).
-
-  On CPU the ceiling is measured for the whole processor (one jitted matmul uses
-  every core) and shared equally by the process's CPU devices (one per core
-  when ``use_cpu_devices`` split it).
-  """
-  if override:
-    return override, 'given with --peak_flops'
-  peak = metrics_lib.peak_flops(device)
-  if peak:
-    return peak, f'datasheet dense bf16 peak of {device.device_kind} (lmjax.metrics.peak_flops)'
-  if device.platform == 'cpu':
-    cpu_devices = len(jax.local_devices(backend='cpu'))
-    ceiling = metrics_lib.measure_matmul_flops()
-    return ceiling / cpu_devices, (f'measured f32 matmul ceiling of the CPU, {ceiling / 1e9:.1f} GFLOP/s '
-                                   f'(lmjax.metrics.measure_matmul_flops), / {cpu_devices} CPU device(s)')
-  return 0.0, f'unknown peak for {device.device_kind}: no MFU'
 
 
 def peak_memory(device) -> tuple[int, str]:
@@ -187,7 +137,7 @@ def run(config: ml_collections.ConfigDict, *, steps_: int = 20, warmup: int = 3,
   fraction = train.predicted_fraction(config)
   flops_per_token = setup.model_cfg.flops_per_token(config.data.seq_len, fraction)
   num_devices = setup.mesh.size
-  peak, peak_source = peak_flops_per_device(device, peak_override)
+  peak, peak_source = metrics_lib.peak_flops_per_device(device, peak_override)
   memory, memory_source = peak_memory(device)
   tokens_per_sec = tokens_per_step / step_s
   achieved = tokens_per_sec * flops_per_token
@@ -220,7 +170,7 @@ def format_results(r: dict) -> str:
       f"tokens/s:       {r['tokens_per_sec']:,.0f}",
       f"FLOPs/token:    {r['flops_per_token']:,.0f}  = {r['flops_formula']}",
       f"achieved:       {r['flops_per_sec'] / 1e9:,.2f} GFLOP/s ({r['flops_per_sec_per_device'] / 1e9:,.2f} per device)",
-      f"peak/device:    {r['peak_flops_per_device'] / 1e9:,.1f} GFLOP/s: {r['peak_source']}",
+      f"peak/device:    {(r['peak_flops_per_device'] or 0) / 1e9:,.1f} GFLOP/s: {r['peak_source']}",
       f"MFU:            {mfu}",
       f"peak memory:    {r['peak_memory_bytes'] / 2**20:,.0f} MiB ({r['peak_memory_source']})",
       f"loss:           {r['first_loss']:.4f} -> {r['last_loss']:.4f}",
@@ -241,7 +191,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
-  use_cpu_devices(cpu_devices(f.config))  # as lmjax.main would: before JAX starts
+  c = f.config  # as lmjax.main does: before JAX starts
+  sharding.split_cpu(sharding.cpu_device_count(c.mesh.cpu_devices, c.train.batch_size // c.train.grad_accum_steps))
   try:
     results = run(f.config, steps_=f.steps, warmup=f.warmup, peak_override=f.peak_flops)
   except ValueError as e:

@@ -1,25 +1,86 @@
-"""Hugging Face checkpoints in and out: GPT-2 <-> lmjax parameters, offline.
+"""Hugging Face checkpoints in and out: GPT-2 and BERT <-> lmjax parameters, offline; the convert CLI.
+
+  python -m lmjax.convert --from_hf=HF_DIR --workdir=OUT   # an lmjax workdir (sample, fill_mask, evaluate, init_from)
+  python -m lmjax.convert --workdir=RUN --to_hf=OUT_DIR    # GPT2LMHeadModel or BertForMaskedLM, by the model's shape
 
 A Hugging Face model directory is ``config.json`` + ``model.safetensors``
-(what ``save_pretrained`` writes). GPT-2 needs no model code of its own: it is
-the lmjax decoder with learned positions, LayerNorm with biases, tanh GELU,
-biases everywhere and tied embeddings, expressed as ``ModelConfig`` fields.
+(what ``save_pretrained`` writes), plus a tokenizer (``tokenizer.json``, or a
+sentencepiece ``*.model`` that lmjax trained). Neither family needs model code
+of its own: GPT-2 is the lmjax decoder with learned positions, LayerNorm with
+biases, tanh GELU, biases everywhere and tied embeddings; BERT is the encoder
+with the same options plus post-norm blocks, an embedding LayerNorm, token
+types, exact GELU and the masked-LM head; all ``ModelConfig`` fields.
 
 Layout notes: GPT-2's ``Conv1D`` weights are stored (in, out), the same
-orientation as flax kernels; ``c_attn`` packs q, k and v along ``out``.
+orientation as flax kernels; ``c_attn`` packs q, k and v along ``out``. BERT's
+``nn.Linear`` weights are (out, in): transposed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
+import sys
 
 import numpy as np
+from absl import app, flags, logging
 
 from lmjax.models.transformer import ModelConfig
 
 CONFIG = 'config.json'
 WEIGHTS = 'model.safetensors'
+
+
+def import_hf(hf_dir: str) -> tuple[ModelConfig, dict]:
+  """(ModelConfig, params) from a GPT-2 or BERT ``save_pretrained`` directory, by its ``model_type``."""
+  model_type = _read_config(hf_dir).get('model_type')
+  importers = {'gpt2': import_gpt2, 'bert': import_bert}
+  if model_type not in importers:
+    raise ValueError(f'{hf_dir}/{CONFIG} has model_type={model_type!r}; lmjax imports gpt2 and bert')
+  try:
+    return importers[model_type](hf_dir)
+  except KeyError as e:  # a config key or tensor that this family always has
+    raise ValueError(f'{hf_dir} is not a complete {model_type} checkpoint: no {e.args[0]!r} in its '
+                     f'{CONFIG} or {WEIGHTS}') from e
+
+
+def export_hf(cfg: ModelConfig, params, out_dir: str) -> str:
+  """Writes ``cfg``/``params`` as GPT-2 or BERT (``hf_family``); returns which."""
+  family = hf_family(cfg)
+  (export_gpt2 if family == 'gpt2' else export_bert)(cfg, params, out_dir)
+  return family
+
+
+# What each family fixes in ModelConfig (beyond sizes); causal and mlm_head follow the objective.
+_SHAPES = {
+    'gpt2': dict(causal=True, mlm_head=False, norm_position='pre', embed_norm=False, type_vocab_size=0),
+    'bert': dict(causal=False, mlm_head=True, norm_position='post', embed_norm=True),
+}
+_COMMON = dict(positions='learned', norm='layernorm', use_bias=True, tie_embeddings=True)
+
+
+def shape_mismatches(cfg: ModelConfig, family: str) -> list[str]:
+  """The ModelConfig fields that keep ``cfg`` from being a ``family`` ('gpt2' | 'bert') model."""
+  out = [f'{k}={getattr(cfg, k)!r} (needs {v!r})' for k, v in {**_COMMON, **_SHAPES[family]}.items()
+         if getattr(cfg, k) != v]
+  if cfg.activation not in ('gelu', 'gelu_exact'):
+    out.append(f"activation={cfg.activation!r} (needs 'gelu' or 'gelu_exact')")
+  if family == 'bert' and cfg.type_vocab_size < 1:
+    out.append('type_vocab_size=0 (needs >= 1)')
+  return out
+
+
+def hf_family(cfg: ModelConfig) -> str:
+  """'gpt2' (a causal model) or 'bert' (an encoder) if ``cfg`` has that family's shape; else ValueError."""
+  family = 'gpt2' if cfg.causal else 'bert'
+  missing = shape_mismatches(cfg, family)
+  if missing:
+    kind = 'a causal model exports as GPT-2' if cfg.causal else 'an encoder exports as BERT'
+    raise ValueError(f'this model matches neither GPT-2 nor BERT: {kind}, but it has {", ".join(missing)}; '
+                     'train with those --config.model.* values to export')
+  return family
 
 
 def gpt2_model_config(hf: dict) -> ModelConfig:
@@ -61,11 +122,10 @@ def import_gpt2(hf_dir: str) -> tuple[ModelConfig, dict]:
 
 def export_gpt2(cfg: ModelConfig, params, out_dir: str):
   """Writes a directory that ``transformers.GPT2LMHeadModel.from_pretrained`` loads."""
-  if not (cfg.causal and cfg.positions == 'learned' and cfg.norm == 'layernorm' and cfg.use_bias
-          and cfg.tie_embeddings and cfg.activation in ('gelu', 'gelu_exact') and not cfg.type_vocab_size):
-    raise ValueError('only a GPT-2-shaped lmjax model exports to GPT-2: causal, learned positions, layernorm, '
-                     'biases, tied embeddings, gelu, no token types')
-  p = {k: np.asarray(v) for k, v in _flat(params).items()}
+  missing = shape_mismatches(cfg, 'gpt2')
+  if missing:
+    raise ValueError(f'only a GPT-2-shaped lmjax model exports to GPT-2; this one has {", ".join(missing)}')
+  p = _host_flat(params)
   w = {'wte.weight': p['token_embed'], 'wpe.weight': p['pos_embed'],
        'ln_f.weight': p['final_norm/layernorm/scale'], 'ln_f.bias': p['final_norm/layernorm/bias']}
   D = cfg.embed_dim
@@ -88,12 +148,136 @@ def export_gpt2(cfg: ModelConfig, params, out_dir: str):
   _write(out_dir, hf, {f'transformer.{k}': v for k, v in w.items()})
 
 
+def bert_model_config(hf: dict) -> ModelConfig:
+  """The lmjax ModelConfig that computes what a Hugging Face BertConfig describes (as BertForMaskedLM)."""
+  activation = hf.get('hidden_act', 'gelu')
+  activations = {'gelu': 'gelu_exact', 'gelu_new': 'gelu', 'gelu_pytorch_tanh': 'gelu'}
+  if activation not in activations:
+    raise ValueError(f"BERT hidden_act={activation!r} has no lmjax equivalent; lmjax has 'gelu' (exact) and "
+                     "'gelu_new' (tanh)")
+  if hf.get('position_embedding_type', 'absolute') != 'absolute' or hf.get('is_decoder'):
+    raise ValueError('lmjax imports BERT encoders with absolute positions; this one has position_embedding_type='
+                     f"{hf.get('position_embedding_type')!r}, is_decoder={hf.get('is_decoder')!r}")
+  if not hf.get('tie_word_embeddings', True):
+    raise ValueError('this BERT has untied output embeddings (tie_word_embeddings=false); lmjax imports tied ones')
+  d = hf['hidden_size']
+  return ModelConfig(vocab_size=hf['vocab_size'], max_len=hf.get('max_position_embeddings', 512),
+                     num_layers=hf['num_hidden_layers'], embed_dim=d, num_heads=hf['num_attention_heads'],
+                     mlp_dim=hf.get('intermediate_size', 4 * d), causal=False, mlm_head=True,
+                     type_vocab_size=hf.get('type_vocab_size', 2), positions='learned', norm='layernorm',
+                     norm_eps=hf.get('layer_norm_eps', 1e-12), norm_position='post', embed_norm=True,
+                     activation=activations[activation], use_bias=True, tie_embeddings=True)
+
+
+def import_bert(hf_dir: str) -> tuple[ModelConfig, dict]:
+  """(ModelConfig, params) from a BertForMaskedLM ``save_pretrained`` directory.
+
+  A BertForPreTraining directory imports too: its pooler (``bert.pooler.dense``)
+  and next-sentence head (``cls.seq_relationship``) are not part of the masked
+  LM and are ignored. A bare BertModel has no masked-LM head: an error.
+  """
+  hf, weights = _read(hf_dir)
+  if hf.get('model_type') != 'bert':
+    raise ValueError(f'{hf_dir}/{CONFIG} has model_type={hf.get("model_type")!r}, not bert')
+  cfg = bert_model_config(hf)
+  w = {_bert_key(k): v for k, v in weights.items()}
+  if 'cls.predictions.bias' not in w:
+    raise ValueError(f'{hf_dir} has no masked-LM head (cls.predictions.*): lmjax imports BertForMaskedLM or '
+                     'BertForPreTraining checkpoints, not a bare BertModel')
+  H, K = cfg.num_heads, cfg.head_dim
+  params = {'token_embed': w['embeddings.word_embeddings.weight'],
+            'pos_embed': w['embeddings.position_embeddings.weight'],
+            'type_embed': w['embeddings.token_type_embeddings.weight'],
+            'embed_norm': _norm(w, 'embeddings.LayerNorm'),
+            'mlm_head': {'dense': _dense(w, 'cls.predictions.transform.dense'),
+                         'norm': _norm(w, 'cls.predictions.transform.LayerNorm')},
+            'output_bias': w['cls.predictions.bias']}
+  for i in range(cfg.num_layers):
+    p = f'encoder.layer.{i}.'
+    attn = {n: {'kernel': w[f'{p}attention.self.{n}.weight'].T.reshape(-1, H, K),
+                'bias': w[f'{p}attention.self.{n}.bias'].reshape(H, K)} for n in ('query', 'key', 'value')}
+    attn['out'] = {'kernel': w[p + 'attention.output.dense.weight'].T.reshape(H, K, -1),
+                   'bias': w[p + 'attention.output.dense.bias']}
+    # Post-norm: attn_norm follows the attention residual, mlp_norm the MLP's.
+    params[f'block_{i}'] = {'attn': attn, 'attn_norm': _norm(w, p + 'attention.output.LayerNorm'),
+                            'mlp': {'wi': _dense(w, p + 'intermediate.dense'), 'wo': _dense(w, p + 'output.dense')},
+                            'mlp_norm': _norm(w, p + 'output.LayerNorm')}
+  return cfg, _as_f32(params)
+
+
+def export_bert(cfg: ModelConfig, params, out_dir: str):
+  """Writes a directory that ``transformers.BertForMaskedLM.from_pretrained`` loads (no pooler)."""
+  missing = shape_mismatches(cfg, 'bert')
+  if missing:
+    raise ValueError(f'only a BERT-shaped lmjax model exports to BERT; this one has {", ".join(missing)}')
+  p = _host_flat(params)
+  D = cfg.embed_dim
+  w = {'bert.embeddings.word_embeddings.weight': p['token_embed'],
+       'bert.embeddings.position_embeddings.weight': p['pos_embed'],
+       'bert.embeddings.token_type_embeddings.weight': p['type_embed'],
+       'cls.predictions.bias': p['output_bias']}
+  _put_norm(w, 'bert.embeddings.LayerNorm', p, 'embed_norm')
+  _put_dense(w, 'cls.predictions.transform.dense', p, 'mlm_head/dense')
+  _put_norm(w, 'cls.predictions.transform.LayerNorm', p, 'mlm_head/norm')
+  for i in range(cfg.num_layers):
+    b, h = f'block_{i}/', f'bert.encoder.layer.{i}.'
+    for n in ('query', 'key', 'value'):
+      w[f'{h}attention.self.{n}.weight'] = p[f'{b}attn/{n}/kernel'].reshape(D, D).T
+      w[f'{h}attention.self.{n}.bias'] = p[f'{b}attn/{n}/bias'].reshape(D)
+    w[h + 'attention.output.dense.weight'] = p[b + 'attn/out/kernel'].reshape(D, D).T
+    w[h + 'attention.output.dense.bias'] = p[b + 'attn/out/bias']
+    _put_norm(w, h + 'attention.output.LayerNorm', p, b + 'attn_norm')
+    _put_dense(w, h + 'intermediate.dense', p, b + 'mlp/wi')
+    _put_dense(w, h + 'output.dense', p, b + 'mlp/wo')
+    _put_norm(w, h + 'output.LayerNorm', p, b + 'mlp_norm')
+  hf = {'model_type': 'bert', 'architectures': ['BertForMaskedLM'], 'vocab_size': cfg.vocab_size,
+        'hidden_size': D, 'num_hidden_layers': cfg.num_layers, 'num_attention_heads': cfg.num_heads,
+        'intermediate_size': cfg.mlp_dim, 'hidden_act': 'gelu' if cfg.activation == 'gelu_exact' else 'gelu_new',
+        'max_position_embeddings': cfg.max_len, 'type_vocab_size': cfg.type_vocab_size,
+        'layer_norm_eps': cfg.norm_eps, 'tie_word_embeddings': True, 'position_embedding_type': 'absolute',
+        'hidden_dropout_prob': cfg.dropout_rate, 'attention_probs_dropout_prob': 0.0,  # lmjax has none
+        'initializer_range': cfg.init_std}
+  _write(out_dir, hf, w)
+
+
 def _norm(w, prefix):
   return {'layernorm': {'scale': w[prefix + '.weight'], 'bias': w[prefix + '.bias']}}
 
 
+def _dense(w, prefix):
+  """A PyTorch nn.Linear (weight [out, in]) as a flax kernel [in, out] and bias."""
+  return {'kernel': w[prefix + '.weight'].T, 'bias': w[prefix + '.bias']}
+
+
+def _put_norm(w, prefix, p, name):
+  w[prefix + '.weight'], w[prefix + '.bias'] = p[name + '/layernorm/scale'], p[name + '/layernorm/bias']
+
+
+def _put_dense(w, prefix, p, name):
+  w[prefix + '.weight'], w[prefix + '.bias'] = p[name + '/kernel'].T, p[name + '/bias']
+
+
+def _bert_key(name: str) -> str:
+  """A BERT tensor name without the 'bert.' prefix, with old checkpoints' LayerNorm gamma/beta renamed."""
+  name = name.removeprefix('bert.')
+  for old, new in (('LayerNorm.gamma', 'LayerNorm.weight'), ('LayerNorm.beta', 'LayerNorm.bias')):
+    if name.endswith(old):
+      name = name[:-len(old)] + new
+  return name
+
+
 def _as_f32(tree):
   return {k: _as_f32(v) if isinstance(v, dict) else np.asarray(v, np.float32) for k, v in tree.items()}
+
+
+def _host_flat(params) -> dict[str, np.ndarray]:
+  """'a/b/c' -> host array; a scanned stack ('blocks', leading layer axis) becomes 'block_<i>'."""
+  p = {k: np.asarray(v) for k, v in _flat(params).items()}
+  for name in [k for k in p if k.startswith('blocks/')]:
+    stacked = p.pop(name)
+    for i, x in enumerate(stacked):
+      p[f'block_{i}/{name.removeprefix("blocks/")}'] = x
+  return p
 
 
 def _flat(tree, prefix=''):
@@ -106,15 +290,29 @@ def _flat(tree, prefix=''):
   return out
 
 
+def _read_config(hf_dir: str) -> dict:
+  path = os.path.join(hf_dir, CONFIG)
+  if not os.path.isfile(path):
+    raise ValueError(f'{path} not found: point at a directory written by save_pretrained '
+                     '(config.json + model.safetensors)')
+  try:
+    with open(path, encoding='utf-8') as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f'{path} is not readable JSON ({e}); point at a directory written by save_pretrained') from e
+
+
 def _read(hf_dir: str) -> tuple[dict, dict[str, np.ndarray]]:
   from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-  config_path, weights_path = os.path.join(hf_dir, CONFIG), os.path.join(hf_dir, WEIGHTS)
-  for path in (config_path, weights_path):
-    if not os.path.isfile(path):
-      raise ValueError(f'{path} not found: point at a directory written by save_pretrained '
-                       '(config.json + model.safetensors)')
-  with open(config_path, encoding='utf-8') as f:
-    return json.load(f), load_file(weights_path)
+  hf_config = _read_config(hf_dir)
+  weights_path = os.path.join(hf_dir, WEIGHTS)
+  if not os.path.isfile(weights_path):
+    raise ValueError(f'{weights_path} not found: point at a directory written by save_pretrained '
+                     '(config.json + model.safetensors)')
+  try:
+    return hf_config, load_file(weights_path)
+  except Exception as e:  # safetensors raises its own SafetensorError for a damaged file
+    raise ValueError(f'{weights_path} is not a readable safetensors file ({str(e).splitlines()[0][:200]})') from e
 
 
 def _write(out_dir: str, hf_config: dict, weights: dict[str, np.ndarray]):
@@ -124,3 +322,128 @@ def _write(out_dir: str, hf_config: dict, weights: dict[str, np.ndarray]):
             os.path.join(out_dir, WEIGHTS), metadata={'format': 'pt'})
   with open(os.path.join(out_dir, CONFIG), 'w', encoding='utf-8') as f:
     json.dump(hf_config, f, indent=2)
+
+
+# --- python -m lmjax.convert ---------------------------------------------------------------------------------
+
+
+def to_workdir(hf_dir: str, workdir: str) -> ModelConfig:
+  """Writes an lmjax workdir for the model in ``hf_dir`` and its tokenizer (``write_workdir``)."""
+  from lmjax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  _check_new_dir(workdir, '--workdir')
+  cfg, params = import_hf(hf_dir)
+  tokenizer_path = tokenizer_lib.find(hf_dir)
+  if tokenizer_path is None:
+    raise ValueError(f'{hf_dir} has no tokenizer (tokenizer.json or a sentencepiece .model), which sampling and '
+                     'evaluation need: save it there (tokenizer.save_pretrained), or give the directory itself to '
+                     '--config.train.init_from')
+  write_workdir(cfg, params, tokenizer_path, workdir)
+  return cfg
+
+
+def write_workdir(cfg: ModelConfig, params, tokenizer_path: str, workdir: str):
+  """An lmjax workdir holding these weights: config.json, the tokenizer, a step-0 checkpoint.
+
+  It serves lmjax.sample / fill_mask / evaluate and ``--config.train.init_from``
+  (not resuming: it has no data position). Everything is checked before anything
+  is written, and the workdir appears whole (written aside, then renamed).
+  """
+  import jax  # pylint: disable=g-import-not-at-top  (the CLI only: lmjax.train imports this module)
+  from configs import base  # pylint: disable=g-import-not-at-top
+  from lmjax import checkpoint, train  # pylint: disable=g-import-not-at-top
+  from lmjax import state as state_lib  # pylint: disable=g-import-not-at-top
+  from lmjax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  _check_new_dir(workdir, '--workdir')
+  tokenizer = tokenizer_lib.load(tokenizer_path)
+  if tokenizer.vocab_size != cfg.vocab_size:
+    raise ValueError(f'{tokenizer_path} has {tokenizer.vocab_size} tokens but the model has {cfg.vocab_size}; '
+                     'lmjax needs them equal')
+  if not cfg.causal:
+    tokenizer.mask_id  # pylint: disable=pointless-statement  (masked LM needs one: fail now, not in fill_mask)
+  config = base.get_config()
+  config.objective = 'clm' if cfg.causal else 'mlm'
+  for field in dataclasses.fields(ModelConfig):
+    if field.name not in ('vocab_size', 'causal', 'mlm_head'):  # the tokenizer and objective decide these
+      config.model[field.name] = getattr(cfg, field.name)
+  config.data.vocab_size = cfg.vocab_size
+  config.data.seq_len = min(config.data.seq_len, cfg.max_len)
+  assert train.model_config(config, tokenizer.vocab_size) == cfg, 'config.model must rebuild the imported model'
+  tx, _ = train.make_optimizer(config)
+  params = jax.tree.map(jax.numpy.asarray, params)
+  state = state_lib.TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params, opt_state=tx.init(params))
+
+  def write(tmp):
+    with open(os.path.join(tmp, train.CONFIG_FILE), 'w', encoding='utf-8') as f:
+      f.write(config.to_json_best_effort(indent=2))
+    shutil.copyfile(tokenizer_path, os.path.join(tmp, tokenizer_lib.file_name(tokenizer_path)))
+    ckpt = checkpoint.Checkpointer(os.path.join(tmp, 'checkpoints'), every=1, keep=None, async_save=False)
+    try:
+      ckpt.save(0, state, force=True)
+      ckpt.wait()
+    finally:
+      ckpt.close()
+  _write_aside(workdir, write)
+
+
+def to_hf(workdir: str, out_dir: str) -> str:
+  """Exports a workdir's latest checkpoint (and its tokenizer file) as GPT-2 or BERT; returns which."""
+  from lmjax import train  # pylint: disable=g-import-not-at-top  (lmjax.train imports this module)
+  from lmjax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  _check_new_dir(out_dir, '--to_hf')
+  _, model, params, tokenizer = train.load_for_inference(workdir)
+  family = hf_family(model.config)  # fails before anything is written
+
+  def write(tmp):
+    export_hf(model.config, params, tmp)
+    shutil.copyfile(tokenizer.model_path, os.path.join(tmp, tokenizer_lib.file_name(tokenizer.model_path)))
+  _write_aside(out_dir, write)
+  return family
+
+
+def _check_new_dir(path: str, flag: str):
+  if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+    raise ValueError(f'{flag}={path} exists and is not an empty directory; pick a new one (nothing was written)')
+
+
+def _write_aside(path: str, write):
+  """``write(tmp)`` into a sibling directory, renamed to ``path`` only once complete."""
+  path = os.path.abspath(path)
+  tmp = f'{path}.tmp{os.getpid()}'
+  os.makedirs(tmp)
+  try:
+    write(tmp)
+    os.replace(tmp, path)  # onto a missing or empty directory
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _define_flags():
+  """Only when run as a CLI: lmjax.train imports this module, and lmjax.main owns --workdir."""
+  flags.DEFINE_string('from_hf', None, 'Hugging Face directory to import (config.json, model.safetensors, '
+                      'tokenizer.json or a sentencepiece .model) into a new --workdir.')
+  flags.DEFINE_string('to_hf', None, 'New directory to export --workdir to, as GPT-2 or BERT by the model shape.')
+  flags.DEFINE_string('workdir', None, 'lmjax workdir: written by --from_hf, read by --to_hf.', required=True)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  args = flags.FLAGS
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save and restore step at INFO
+  try:
+    if bool(args.from_hf) == bool(args.to_hf):
+      raise ValueError('pass one of --from_hf=HF_DIR (import into --workdir) and --to_hf=OUT_DIR (export --workdir)')
+    if args.from_hf:
+      cfg = to_workdir(args.from_hf, args.workdir)
+      print(f'wrote {args.workdir}: {"GPT-2" if cfg.causal else "BERT"}, {cfg.num_params():,} parameters')
+    else:
+      family = to_hf(args.workdir, args.to_hf)
+      print(f'wrote {args.to_hf}: {"GPT2LMHeadModel" if family == "gpt2" else "BertForMaskedLM"}')
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  _define_flags()
+  app.run(main)

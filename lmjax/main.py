@@ -39,6 +39,16 @@ def _init_distributed():
     logging.set_verbosity(logging.WARNING)
 
 
+def _split_cpu(config):
+  """One JAX device per CPU core (``mesh.cpu_devices``), before JAX starts. Multi-process runs split
+  only when asked: the per-process batch is not known yet."""
+  from lmjax import sharding  # pylint: disable=g-import-not-at-top  (imports jax; backends stay unstarted)
+  wanted = config.mesh.cpu_devices
+  if wanted or _DISTRIBUTED.value == 'off':
+    micro_batch = config.train.batch_size // max(config.train.grad_accum_steps, 1)
+    sharding.split_cpu(sharding.cpu_device_count(wanted, micro_batch))
+
+
 def quiet_library_logs():
   """Keep orbax's and grain's per-save INFO lines off the console; their warnings and errors still
   show, without the 60-line tracebacks: lmjax re-raises such failures as one line saying what to do."""
@@ -81,10 +91,15 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   quiet_library_logs()
+  _split_cpu(_CONFIG.value)
   _init_distributed()
   from lmjax import train  # pylint: disable=g-import-not-at-top  (after distributed init)
+  run = train.train_and_evaluate
+  if _CONFIG.value.objective == 'classify':  # fine-tuning (configs/finetune.py)
+    from lmjax import finetune  # pylint: disable=g-import-not-at-top
+    run = finetune.train_and_evaluate
   try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    run(_CONFIG.value, _WORKDIR.value)
   except ValueError as e:  # bad input or config: one line, non-zero exit, nothing damaged
     print(f'error: {e}', file=sys.stderr, flush=True)
     # Exit now: background checkpoint threads that failed would print their tracebacks at shutdown.

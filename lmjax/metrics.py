@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -115,6 +116,33 @@ def measure_matmul_flops(size: int = 1024, repeats: int = 4, trials: int = 5) ->
       matmul(a, b).block_until_ready()
     best = max(best, 2 * size**3 * repeats / (time.perf_counter() - start))
   return best
+
+
+@functools.cache
+def _cpu_ceiling(size: int, repeats: int, trials: int) -> float:
+  return measure_matmul_flops(size, repeats, trials)
+
+
+def peak_flops_per_device(device, override: float = 0.0, quick: bool = False) -> tuple[float | None, str]:
+  """(peak FLOP/s per device, where it comes from): ``override``, the datasheet (GPU/TPU) or, on CPU, the
+  matmul ceiling measured now (once per process; ``quick``: a 0.1 s probe instead of 0.3 s).
+
+  On CPU the ceiling is that of the whole processor (one jitted matmul uses every
+  core), shared equally by the process's CPU devices (one per core when
+  ``sharding.split_cpu`` split it).
+  """
+  if override:
+    return override, 'given'
+  peak = peak_flops(device)
+  if peak:
+    return peak, f'datasheet dense bf16 peak of {device.device_kind} (lmjax.metrics.peak_flops)'
+  if device.platform == 'cpu':
+    import jax  # pylint: disable=g-import-not-at-top  (host-side module: jax only for this probe)
+    cpu_devices = len(jax.local_devices(backend='cpu'))
+    ceiling = _cpu_ceiling(*((1024, 2, 3) if quick else (1024, 4, 5)))
+    return ceiling / cpu_devices, (f'measured f32 matmul ceiling of the CPU, {ceiling / 1e9:.1f} GFLOP/s '
+                                   f'(lmjax.metrics.measure_matmul_flops), / {cpu_devices} CPU device(s)')
+  return None, f'unknown peak for {device.device_kind}: no MFU'
 
 
 def flops_scalars(tokens_per_sec: float, flops_per_token: float, num_devices: int,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 
 import flax.linen as nn
 import jax
@@ -61,6 +62,39 @@ def rules_for(mesh: Mesh, rules=RULES):
   # A name left with no mesh axes maps to None: replicated.
   unmapped = dict.fromkeys(name for name, _ in rules if name not in {n for n, _ in kept})
   return tuple(kept) + tuple((name, None) for name in unmapped)
+
+
+def cpu_device_count(wanted: int, micro_batch: int) -> int:
+  """JAX CPU devices for this process: ``wanted`` (``mesh.cpu_devices``), or if 0 one per core, as
+  many as divide the micro-batch so that it splits evenly across them."""
+  if wanted:
+    return wanted
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+  return max(d for d in range(1, cores + 1) if micro_batch % d == 0)
+
+
+def split_cpu(count: int) -> bool:
+  """Makes the CPU ``count`` JAX devices (data parallel over cores), if JAX's backends have not started.
+
+  XLA:CPU splits each operation of one device's program across the cores, and
+  for a small model that synchronisation costs more than the work: on 2 cores
+  the nanoGPT-CPU-shaped train step ran 60 -> 44 ms as two single-core devices
+  that all-reduce their gradients (docs/perf_notes.md). Only the CPU backend is
+  affected (GPU/TPU hosts keep their accelerators). Left alone when the user
+  already chose: ``--xla_force_host_platform_device_count`` in XLA_FLAGS or
+  ``jax_num_cpu_devices`` set. Returns whether it set the count.
+  """
+  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top  (no public "backends started?")
+  if (count <= 1 or 'xla_force_host_platform_device_count' in os.environ.get('XLA_FLAGS', '')
+      or jax.config.jax_num_cpu_devices >= 0 or xla_bridge.backends_are_initialized()):
+    return False
+  jax.config.update('jax_num_cpu_devices', count)
+  return True
+
+
+def mesh_from_config(mesh_config, devices=None) -> Mesh:
+  """``make_mesh`` from the config's ``mesh`` section (``cpu_devices`` acts earlier, in ``split_cpu``)."""
+  return make_mesh(**{k: v for k, v in mesh_config.items() if k != 'cpu_devices'}, devices=devices)
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, dcn_data: int = 1, dcn_fsdp: int = 1,

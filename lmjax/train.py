@@ -87,30 +87,37 @@ def load_or_train_tokenizer(config, workdir: str, train_docs, *, resuming: bool 
                             source_path: str = '') -> tokenizer_lib.Tokenizer:
   """The workdir's tokenizer if present (resume), else a copy of ``source_path`` or data.tokenizer_path,
   else a new one trained on ``train_docs``."""
-  path = os.path.join(workdir, TOKENIZER_FILE)
+  path = workdir_tokenizer(workdir)
   source_path = source_path or config.data.tokenizer_path
   if os.path.exists(path) or resuming:
     try:
-      tokenizer = tokenizer_lib.Tokenizer(path)
+      tokenizer = tokenizer_lib.load(path)
     except ValueError as e:
       raise ValueError(f'{path} is missing or unreadable, and the checkpoints in {workdir} need the '
                        'tokenizer they were trained with; restore that file or start a new --workdir') from e
     if source_path:
-      wanted = tokenizer_lib.Tokenizer(source_path)
+      wanted = tokenizer_lib.load(source_path)
       if wanted.vocabulary() != tokenizer.vocabulary():
         raise ValueError(f'data.tokenizer_path={source_path} ({wanted.vocab_size} pieces) is not '
                          f'the tokenizer this workdir was trained with ({path}, {tokenizer.vocab_size} pieces); '
                          'drop --config.data.tokenizer_path to resume, or start a new --workdir')
     return tokenizer
   if source_path:
-    tokenizer_lib.Tokenizer(source_path)  # validates before copying
+    tokenizer_lib.load(source_path)  # validates before copying
+    path = os.path.join(workdir, tokenizer_lib.file_name(source_path))  # a tokenizer.json stays one
     _atomic_copy(source_path, path)
   else:
     # Deterministic, so every process may train its own copy (no shared filesystem needed).
     logging.info('training a %d-token %s tokenizer on %d documents', config.data.vocab_size,
                  config.data.tokenizer_type, len(train_docs))
     tokenizer_lib.train_tokenizer(train_docs, path, config.data.vocab_size, config.data.tokenizer_type)
-  return tokenizer_lib.Tokenizer(path)
+  return tokenizer_lib.load(path)
+
+
+def workdir_tokenizer(workdir: str) -> str:
+  """The workdir's tokenizer file: lmjax's sentencepiece model, or a tokenizer.json that lmjax.convert imported."""
+  imported = os.path.join(workdir, tokenizer_lib.HF_FILE)
+  return imported if os.path.isfile(imported) else os.path.join(workdir, TOKENIZER_FILE)
 
 
 def make_optimizer(config: ml_collections.ConfigDict):
@@ -154,7 +161,7 @@ def load_for_inference(workdir: str, objective: str | None = None):
   if objective and config.objective != objective:
     raise ValueError(f'{workdir} holds a {config.objective!r} model, not {objective!r}; '
                      f'use {_INFERENCE_CLI[config.objective]}')
-  tokenizer = tokenizer_lib.Tokenizer(os.path.join(workdir, TOKENIZER_FILE))
+  tokenizer = tokenizer_lib.load(workdir_tokenizer(workdir))
   model = Transformer(model_config(config, tokenizer.vocab_size))
   ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), every=1, keep=None)
   step = ckpt.latest_step()
@@ -235,7 +242,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint_lib
     logging.info('validation baselines without context: unigram perplexity %.1f, majority-token accuracy %.3f',
                  *pipeline.unigram_baselines(train_records, val_records, tokenizer.vocab_size).values())
 
-  mesh = sharding.make_mesh(**config.mesh.to_dict())
+  mesh = sharding.mesh_from_config(config.mesh)
   sharding.check_batch_size(config.train.batch_size, mesh)
   tx, schedule = make_optimizer(config)
   example_BL = jnp.zeros((1, config.data.seq_len), jnp.int32)
@@ -281,8 +288,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint_lib
 
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main, resume_step=start_step)
   flops_per_token = model_cfg.flops_per_token(config.data.seq_len, predicted_fraction(config))
+  # Before the loop, so that the CPU's matmul probe is not timed as training.
+  peak_flops, _ = metrics_lib.peak_flops_per_device(mesh.devices.flat[0], config.train.peak_flops, quick=True)
   loop = _Loop(config, state, train_fn, eval_fn, train_iter, eval_batches, token_bytes_V, ckpt, writer,
-               schedule, mesh, is_main, flops_per_token, workdir)
+               schedule, mesh, is_main, flops_per_token, peak_flops, workdir)
   try:
     return loop.run(start_step)
   finally:
@@ -290,13 +299,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint_lib
 
 
 def _initial_params(path: str, abstract_params):
-  """Parameters from an lmjax workdir's latest checkpoint or a Hugging Face GPT-2 directory, shape-checked.
-
-  They are read whole on one device, then placed into this run's shardings.
+  """Parameters from an lmjax workdir's latest checkpoint or a Hugging Face GPT-2 or BERT directory,
+  shape-checked. They are read whole on one device, then placed into this run's shardings.
   """
   hf_config = os.path.join(path, convert.CONFIG)
   if os.path.isfile(hf_config) and not os.path.isdir(os.path.join(path, 'checkpoints')):
-    params = convert.import_gpt2(path)[1]
+    params = convert.import_hf(path)[1]
   else:
     params = load_for_inference(path)[2]
   checkpoint_lib.check_same_params(params, abstract_params, f'train.init_from={path}',
@@ -344,6 +352,7 @@ class _Loop:
   mesh: jax.sharding.Mesh
   is_main: bool
   flops_per_token: float
+  peak_flops: float | None  # per device, for MFU
   workdir: str
 
   def run(self, start_step: int) -> dict[str, float]:
@@ -423,7 +432,7 @@ class _Loop:
     scalars['learning_rate'] = float(self.schedule(step - 1))
     scalars['tokens_per_sec'] = throughput.update(step, tokens_per_step)
     scalars.update(metrics_lib.flops_scalars(scalars['tokens_per_sec'], self.flops_per_token, self.mesh.size,
-                                             metrics_lib.peak_flops(self.mesh.devices.flat[0])))
+                                             self.peak_flops))
     return step, scalars
 
   def _write(self, step, scalars, bar):

@@ -205,3 +205,32 @@ def test_masked_lm_loss_at_selected_positions_equals_the_full_loss(capacity, mon
   assert float(metrics['loss'][1]) == float(want_metrics['loss'][1]) > 0  # every selected token counted
   assert float(metrics['accuracy'][0]) == float(want_metrics['accuracy'][0])
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), grads, want_grads)
+
+
+def test_post_norm_block_with_embedding_norm():
+  """BERT's layout (norm_position='post', embed_norm): no final norm, an embedding norm, exact counts."""
+  cfg = ModelConfig(**SMALL, causal=False, mlm_head=True, norm='layernorm', use_bias=True, positions='learned',
+                    type_vocab_size=2, norm_position='post', embed_norm=True)
+  model, params = _init(cfg)
+  assert 'final_norm' not in params and 'embed_norm' in params
+  boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))
+  assert boxed['params']['embed_norm']['layernorm']['scale'].names == ('embed',)  # sharded like every norm
+  assert sum(x.size for x in jax.tree.leaves(params)) == cfg.num_params()
+  tokens = _tokens(2, 16)
+  # hidden_only returns the last block's output (post-norm has no final norm), which the head consumes.
+  hidden = model.apply({'params': params}, tokens, hidden_only=True)
+  np.testing.assert_allclose(model.apply({'params': params}, None, hidden_BMD=hidden),
+                             model.apply({'params': params}, tokens), atol=1e-5)
+  _, state = model.apply({'params': params}, tokens, hidden_only=True, capture_intermediates=True)
+  np.testing.assert_array_equal(hidden, state['intermediates'][f'block_{cfg.num_layers - 1}']['__call__'][0])
+
+  layers_, dim, heads, mlp = SIZES['gpt2']
+  bert_base = ModelConfig(vocab_size=30522, num_layers=layers_, embed_dim=dim, num_heads=heads, mlp_dim=mlp,
+                          max_len=512, positions='learned', norm='layernorm', use_bias=True, causal=False,
+                          mlm_head=True, type_vocab_size=2, activation='gelu_exact', norm_position='post',
+                          embed_norm=True)
+  assert bert_base.num_params() == 109_514_298  # Hugging Face's BertForMaskedLM, no pooler
+  assert bert_base.matmul_weights() == ModelConfig(**{**bert_base.__dict__, 'norm_position': 'pre',
+                                                      'embed_norm': False}).matmul_weights()
+  with pytest.raises(ValueError, match=r"^model: norm_position='sandwich': use 'pre' or 'post'$"):
+    ModelConfig(**SMALL, norm_position='sandwich')

@@ -242,7 +242,8 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-norm Transformer block: x + attn(norm(x)), then x + mlp(norm(x)).
+  """Transformer block. Pre-norm: x + attn(norm(x)), then x + mlp(norm(x)); post-norm (BERT, the
+  original Transformer): norm(x + attn(x)), then norm(x + mlp(x)). Same parameters either way.
 
   The mode flags are fields, not call arguments, so ``nn.remat`` and ``nn.scan``
   see only arrays; ``scanned`` returns ``(x, None)``, the (carry, output) pair scan wants.
@@ -254,12 +255,16 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x_BLD, positions_BL, mask_B1LS):
-    drop = nn.Dropout(self.cfg.dropout_rate, deterministic=self.deterministic)
-    h_BLD = Attention(self.cfg, name='attn')(Norm(self.cfg, name='attn_norm')(x_BLD), positions_BL,
-                                             mask_B1LS, decode=self.decode)
-    x_BLD = x_BLD + drop(h_BLD)
-    h_BLD = Mlp(self.cfg, name='mlp')(Norm(self.cfg, name='mlp_norm')(x_BLD))
-    x_BLD = _constrain(x_BLD + drop(h_BLD), (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED))
+    cfg = self.cfg
+    drop = nn.Dropout(cfg.dropout_rate, deterministic=self.deterministic)
+    attn_norm, mlp_norm = Norm(cfg, name='attn_norm'), Norm(cfg, name='mlp_norm')
+    pre = cfg.norm_position == 'pre'
+    h_BLD = Attention(cfg, name='attn')(attn_norm(x_BLD) if pre else x_BLD, positions_BL, mask_B1LS,
+                                        decode=self.decode)
+    x_BLD = x_BLD + drop(h_BLD) if pre else attn_norm(x_BLD + drop(h_BLD))
+    h_BLD = Mlp(cfg, name='mlp')(mlp_norm(x_BLD) if pre else x_BLD)
+    x_BLD = x_BLD + drop(h_BLD) if pre else mlp_norm(x_BLD + drop(h_BLD))
+    x_BLD = _constrain(x_BLD, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED))
     return (x_BLD, None) if self.scanned else x_BLD
 
 

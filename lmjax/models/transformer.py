@@ -54,6 +54,8 @@ class ModelConfig:
   rope_base: float = 10_000.0
   norm: str = 'rmsnorm'          # 'rmsnorm' | 'layernorm'
   norm_eps: float = 1e-6
+  norm_position: str = 'pre'     # 'pre': x + f(norm(x)), final norm | 'post': norm(x + f(x)), no final norm (BERT)
+  embed_norm: bool = False       # a norm on the summed embeddings (BERT's embedding LayerNorm)
   activation: str = 'gelu'       # 'gelu' (tanh approx.) | 'gelu_exact' | 'swiglu'
   use_bias: bool = False
   tie_embeddings: bool = True
@@ -70,6 +72,7 @@ class ModelConfig:
            f'embed_dim={self.embed_dim} must be divisible by num_heads={self.num_heads}')
     _check(self.positions in ('rope', 'learned'), f"positions={self.positions!r}: use 'rope' or 'learned'")
     _check(self.norm in ('rmsnorm', 'layernorm'), f"norm={self.norm!r}: use 'rmsnorm' or 'layernorm'")
+    _check(self.norm_position in ('pre', 'post'), f"norm_position={self.norm_position!r}: use 'pre' or 'post'")
     _check(self.activation in ('gelu', 'gelu_exact', 'swiglu'),
            f"activation={self.activation!r}: use 'gelu', 'gelu_exact' or 'swiglu'")
     _check(self.positions != 'rope' or self.head_dim % 2 == 0, f'rope needs an even head_dim, got {self.head_dim}')
@@ -101,7 +104,9 @@ class ModelConfig:
     mlp = (3 if self.activation == 'swiglu' else 2) * D * F + ((F + D) if bias else 0)
     if self.activation == 'swiglu' and bias:
       mlp += F
-    total = self.num_layers * (attn + mlp + 2 * norm) + norm
+    total = self.num_layers * (attn + mlp + 2 * norm)
+    total += norm if self.norm_position == 'pre' else 0  # final_norm
+    total += norm if self.embed_norm else 0
     if self.mlm_head:
       total += D * D + D + norm
     if include_embeddings:
@@ -167,9 +172,10 @@ class Transformer(nn.Module):
   @nn.compact
   def __call__(self, tokens_BL, positions_BL=None, segment_ids_BL=None, type_ids_BL=None, *,
                deterministic: bool = True, decode: bool = False, hidden_only: bool = False, hidden_BMD=None):
-    """Logits [B, L, V]. ``hidden_only``: stop after the final norm and return the output head's
-    input [B, L, D] instead. ``hidden_BMD`` (with ``tokens_BL=None``): run only the output head, on
-    such states gathered at the M positions a loss reads; the masked-LM loss uses the pair."""
+    """Logits [B, L, V]. ``hidden_only``: stop before the output head and return its input [B, L, D]
+    (after the final norm; post-norm: the last block's output). ``hidden_BMD`` (with ``tokens_BL=None``):
+    run only the output head, on such states gathered at the M positions a loss reads; the masked-LM
+    loss uses the pair."""
     cfg = self.config
     embed_init = nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std), (axes.VOCAB, axes.EMBED))
     embedding_VD = self.param('token_embed', embed_init, (cfg.vocab_size, cfg.embed_dim), cfg.weight_dtype)
@@ -181,7 +187,7 @@ class Transformer(nn.Module):
 
   def _encode(self, embedding_VD, tokens_BL, positions_BL, segment_ids_BL, type_ids_BL, deterministic: bool,
               decode: bool):
-    """Embeddings, the blocks and the final norm: [B, L, D]."""
+    """Embeddings (and their norm), the blocks and the final norm (pre-norm only): [B, L, D]."""
     cfg = self.config
     batch, length = tokens_BL.shape
     if positions_BL is None:
@@ -199,13 +205,16 @@ class Transformer(nn.Module):
       if type_ids_BL is None:
         type_ids_BL = jnp.zeros((batch, length), jnp.int32)
       x_BLD = x_BLD + type_embed_TD.astype(cfg.compute_dtype)[type_ids_BL]
+    if cfg.embed_norm:
+      x_BLD = layers.Norm(cfg, name='embed_norm')(x_BLD)
     x_BLD = nn.Dropout(cfg.dropout_rate)(x_BLD, deterministic=deterministic)
     x_BLD = nn.with_logical_constraint(x_BLD, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED))
 
     # In decode mode each attention layer builds its mask from its cache.
     mask_B1LS = None if decode else layers.attention_mask(segment_ids_BL, cfg.causal)
     x_BLD = self._blocks(x_BLD, positions_BL, mask_B1LS, deterministic, decode)
-    return layers.Norm(cfg, name='final_norm')(x_BLD)
+    # Post-norm blocks end in a norm already (BERT has no final one).
+    return x_BLD if cfg.norm_position == 'post' else layers.Norm(cfg, name='final_norm')(x_BLD)
 
   def _head(self, embedding_VD, x_BLD):
     """The MLM transform (if any), the output projection (tied or not) and the MLM output bias."""
