@@ -1,0 +1,143 @@
+"""Each CPU speed change in lmjax, measured by turning it off alone: docs/perf_notes.md's table.
+
+  python benchmarks/ablations.py --shapes=nanogpt_cpu      # 4 layers, d=128, block 64, batch 12
+  python benchmarks/ablations.py --shapes=shakespeare_char  # 6 layers, d=384, block 256, batch 64
+  python benchmarks/ablations.py --shapes=bert_mini         # MLM, 4 layers, d=256, seq 128, batch 32, vocab 30522
+
+Every variant runs ``lmjax.bench.run`` (the training step ``lmjax.train`` jits) in
+a fresh process (the CPU device count is fixed when JAX starts), in rounds, so a
+change in machine load hits all variants alike; the table gives each variant's
+best round (median step time within the round) and its ratio to lmjax as it is.
+A variant restores the plain code path it replaced, by patching lmjax in that
+process only.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import sys
+
+from absl import app, flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+
+SHAPES = {
+    'nanogpt_cpu': dict(objective='clm', layers=4, dim=128, heads=4, seq=64, batch=12, vocab=65, accum=1),
+    'shakespeare_char': dict(objective='clm', layers=6, dim=384, heads=6, seq=256, batch=64, vocab=65, accum=8),
+    'bert_mini': dict(objective='mlm', layers=4, dim=256, heads=4, seq=128, batch=32, vocab=30522, accum=1),
+}
+
+# name -> (what it turns off, the plain alternative)
+VARIANTS = {
+    'lmjax': 'every speed change on (as shipped)',
+    'one_cpu_device': 'mesh.cpu_devices=1: one JAX device whose ops use both cores (no per-core data parallel)',
+    'einsum_linear': 'Linear as jnp.einsum over 3-D operands, not one 2-D matmul',
+    'jax_gelu': 'exact GELU through jax.nn.gelu (erfc), not erf',
+    'full_attention': "attention_impl='xla': the full L x L causal scores (no key-block skipping)",
+    'full_mlm_head': 'masked-LM output head at every position, not only the selected ones',
+    'no_accum': 'train.grad_accum_steps=1: one big batch, not micro-batches',
+}
+
+
+def config_for(shape: dict, variant: str):
+  from configs import bert, gpt  # pylint: disable=g-import-not-at-top
+  c = (bert if shape['objective'] == 'mlm' else gpt).get_config('tiny')
+  m = c.model
+  m.num_layers, m.embed_dim, m.num_heads, m.mlp_dim = shape['layers'], shape['dim'], shape['heads'], 4 * shape['dim']
+  m.max_len = max(shape['seq'], 128)
+  m.positions, m.norm, m.norm_eps, m.activation = 'learned', 'layernorm', 1e-5, 'gelu_exact'
+  m.use_bias = shape['objective'] == 'mlm'
+  if shape['objective'] == 'mlm':  # BERT's block, as benchmarks/bert_compare.py
+    m.type_vocab_size, m.norm_position, m.embed_norm, m.norm_eps = 2, 'post', True, 1e-12
+  c.data.seq_len, c.data.vocab_size, c.train.batch_size = shape['seq'], shape['vocab'], shape['batch']
+  c.train.grad_accum_steps = 1 if variant == 'no_accum' else shape['accum']
+  if variant == 'one_cpu_device':
+    c.mesh.cpu_devices = 1
+  if variant == 'full_attention':
+    m.attention_impl = 'xla'
+  return c
+
+
+def _patch(variant: str):
+  """Puts back the plain code path that ``variant`` names, in this process."""
+  import functools  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from lmjax import objectives  # pylint: disable=g-import-not-at-top
+  from lmjax.models import layers  # pylint: disable=g-import-not-at-top
+  if variant == 'einsum_linear':
+    layers._flat_matmul = jnp.einsum  # pylint: disable=protected-access
+  elif variant == 'jax_gelu':
+    layers.gelu = lambda x, approximate: nn.gelu(x, approximate=approximate)
+  elif variant == 'full_mlm_head':
+    plain = objectives.loss_fn
+    objectives.loss_fn = lambda objective, masking=None: (
+        functools.partial(objectives.masked_lm_loss, masking=masking, selected_only=False)
+        if objective == 'mlm' else plain(objective, masking))
+
+
+def _worker(shape: dict, variant: str, steps: int, conn):
+  from lmjax import bench, sharding  # pylint: disable=g-import-not-at-top
+  config = config_for(shape, variant)
+  sharding.split_cpu(sharding.cpu_device_count(config.mesh.cpu_devices,
+                                               config.train.batch_size // config.train.grad_accum_steps))
+  _patch(variant)
+  r = bench.run(config, steps_=steps, warmup=2)
+  conn.send({k: r[k] for k in ('step_time_s', 'tokens_per_sec', 'mfu', 'num_devices', 'peak_source',
+                               'flops_per_token', 'compile_time_s', 'last_loss')})
+
+
+def measure(shape: dict, variant: str, steps: int) -> dict:
+  ctx = mp.get_context('spawn')
+  parent, child = ctx.Pipe()
+  proc = ctx.Process(target=_worker, args=(shape, variant, steps, child))
+  proc.start()
+  result = parent.recv()
+  proc.join()
+  return result
+
+
+_SHAPES = flags.DEFINE_enum('shapes', 'nanogpt_cpu', list(SHAPES), 'Model and batch shapes.')
+_VARIANTS = flags.DEFINE_list('variants', None, f'Variants to run (default: those that apply): {", ".join(VARIANTS)}')
+_STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps per round.')
+_ROUNDS = flags.DEFINE_integer('rounds', 2, 'Rounds over the variants (the best is kept).')
+_JSON = flags.DEFINE_string('json', None, 'Results file (default benchmarks/results/ablations_<shapes>.json).')
+
+
+def main(argv):
+  del argv
+  shape = SHAPES[_SHAPES.value]
+  applies = {'full_attention': shape['objective'] == 'clm', 'full_mlm_head': shape['objective'] == 'mlm',
+             'no_accum': shape['accum'] > 1}
+  variants = _VARIANTS.value or [v for v in VARIANTS if applies.get(v, True)]
+  best = {}
+  for round_ in range(_ROUNDS.value):
+    for variant in variants if round_ % 2 == 0 else variants[::-1]:
+      r = measure(shape, variant, _STEPS.value)
+      print(f"round {round_}: {variant:16s} {1e3 * r['step_time_s']:8.1f} ms/step", flush=True)
+      if variant not in best or r['step_time_s'] < best[variant]['step_time_s']:
+        best[variant] = r
+  base = best.get('lmjax')
+  print(f"\n{_SHAPES.value}: {shape}")
+  print(f"| {'variant':16s} | {'ms/step':>8s} | {'tokens/s':>9s} | {'MFU':>6s} | {'vs lmjax':>8s} | what it turns off")
+  print(f"|{'-' * 18}|{'-' * 10}|{'-' * 11}|{'-' * 8}|{'-' * 10}|{'-' * 20}")
+  for variant in variants:
+    r = best[variant]
+    ratio = f"{r['step_time_s'] / base['step_time_s']:.2f}x" if base else ''
+    mfu = f"{100 * r['mfu']:.1f}%" if r['mfu'] else 'n/a'
+    print(f"| {variant:16s} | {1e3 * r['step_time_s']:8.1f} | {r['tokens_per_sec']:9,.0f} | {mfu:>6s} | {ratio:>8s} | "
+          f"{VARIANTS[variant]}")
+  print('(vs lmjax: the variant\'s step time over lmjax\'s; above 1x, the change it turns off speeds lmjax up)')
+  path = _JSON.value or os.path.join(REPO, 'benchmarks', 'results', f'ablations_{_SHAPES.value}.json')
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, 'w', encoding='utf-8') as f:
+    json.dump({'shapes': shape, 'results': best, 'command': ' '.join(sys.argv)}, f, indent=2)
+  print(f'wrote {path}')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,152 @@
+"""Run two trainers side by side, each in its own process, taking turns: a fair timing on a shared machine.
+
+Each framework gets its own worker process: two thread pools in one process fight
+for the cores (PyTorch's OpenMP threads ran 10x slower next to XLA's on 2 cores).
+The workers take turns, ``chunk`` iterations at a time, so a change in machine
+load hits both alike; the first in each turn alternates, and each turn waits
+(a while) for other processes to leave the CPU idle. Timing excludes
+evaluation and each runner's ``warm_up`` (compilation).
+
+A runner is a class ``Runner(spec)`` named ``'module:Class'`` (importable in a
+fresh process) with ``warm_up()``, ``train(it) -> handle`` (may be
+asynchronous), ``finish(handle) -> loss`` (waits for the device) and
+``evaluate() -> loss``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import multiprocessing as mp
+import os
+import time
+
+import numpy as np
+
+
+def _worker(target: str, spec: dict, conn):
+  """Answers ('train', first, count) with (seconds, loss) and ('eval',) with a loss, until ('stop',)."""
+  module, name = target.split(':')
+  runner = getattr(importlib.import_module(module), name)(spec)
+  start = time.perf_counter()
+  runner.warm_up()
+  conn.send(('ready', getattr(runner, 'version', ''), time.perf_counter() - start))
+  while True:
+    message = conn.recv()
+    if message[0] == 'train':
+      _, first, count = message
+      start = time.perf_counter()
+      for it in range(first, first + count):
+        handle = runner.train(it)
+      loss = runner.finish(handle)  # the chunk's time includes waiting for its last step
+      conn.send((time.perf_counter() - start, loss))
+    elif message[0] == 'eval':
+      conn.send(runner.evaluate())
+    else:
+      return
+
+
+def _idle_fraction(seconds: float) -> float | None:
+  """Share of CPU time idle over ``seconds`` (Linux /proc/stat), or None where unknown."""
+  def sample():
+    with open('/proc/stat', encoding='ascii') as f:
+      values = [int(v) for v in f.readline().split()[1:9]]
+    return values[3] + values[4], sum(values)  # idle + iowait, total
+  try:
+    idle0, total0 = sample()
+    time.sleep(seconds)
+    idle1, total1 = sample()
+  except OSError:
+    return None
+  return (idle1 - idle0) / max(total1 - total0, 1)
+
+
+def wait_for_idle(max_wait: float, threshold: float = 0.8) -> bool:
+  """Waits (up to ``max_wait`` s) until other processes leave the CPU mostly idle; True if they did.
+
+  Between turns both workers are blocked, so any load seen here is someone else's:
+  a turn taken under it would be timed unfairly (PyTorch's OpenMP threads slow down
+  far more than XLA's when a core is taken away).
+  """
+  deadline = time.monotonic() + max_wait
+  while True:
+    idle = _idle_fraction(0.3)
+    if idle is None or idle >= threshold:
+      return True
+    if time.monotonic() > deadline:
+      return False
+
+
+def _recv(proc, conn):
+  """The worker's next message; a worker that died is an error here, not a hang."""
+  while not conn.poll(1.0):
+    if not proc.is_alive():
+      raise RuntimeError(f'the {proc.name} worker exited with code {proc.exitcode}; its error is above')
+  return conn.recv()
+
+
+def compare(targets: dict[str, str], spec: dict, *, iters: int, chunk: int, eval_every: int = 0,
+            on_eval=None, max_wait: float = 60.0) -> dict:
+  """Trains every target for ``iters`` iterations in turns; returns timings, losses and the machine load.
+
+  Before each turn waits up to ``max_wait`` s for the CPU to be idle (0: never waits).
+  """
+  ctx = mp.get_context('spawn')
+  workers = {}
+  for name, target in targets.items():
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_worker, args=(target, spec, child), name=name, daemon=True)
+    proc.start()
+    workers[name] = (proc, parent)
+  results = {}
+  for name, (proc, conn) in workers.items():
+    _, version, setup_s = _recv(proc, conn)
+    results[name] = {'version': version, 'setup_s': setup_s, 'train_s': 0.0, 'chunk_ms': [], 'val_loss': {},
+                     'train_loss': {}}
+  load_before = os.getloadavg()
+  it, order, busy_turns = 0, list(workers), 0
+  while it < iters:
+    count = min(chunk, iters - it)
+    if eval_every:
+      count = min(count, eval_every - it % eval_every)
+    for name in order:
+      proc, conn = workers[name]
+      if max_wait and not wait_for_idle(max_wait):
+        busy_turns += 1
+      conn.send(('train', it, count))
+      seconds, loss = _recv(proc, conn)
+      r = results[name]
+      r['train_s'] += seconds
+      r['chunk_ms'].append(1e3 * seconds / count)
+      r['train_loss'][it + count] = loss
+    order.reverse()
+    it += count
+    if eval_every and (it % eval_every == 0 or it == iters):
+      for name in order:
+        proc, conn = workers[name]
+        conn.send(('eval',))
+        results[name]['val_loss'][it] = _recv(proc, conn)
+      if on_eval:
+        on_eval(it, results)
+  for proc, conn in workers.values():
+    conn.send(('stop',))
+    proc.join()
+  for r in results.values():
+    r['ms_per_iter'] = 1e3 * r['train_s'] / iters
+    r['median_chunk_ms_per_iter'] = float(np.median(r['chunk_ms']))
+  results['_load'] = {'loadavg_before': load_before, 'loadavg_after': os.getloadavg(), 'cpus': os.cpu_count(),
+                      'turns': len(results[order[0]]['chunk_ms']) * len(workers), 'turns_under_load': busy_turns,
+                      'max_wait_s': max_wait}
+  return results
+
+
+def load_note(results: dict) -> str:
+  """One line on the machine's load during the run: other processes' work slows both sides unevenly."""
+  load = results['_load']
+  before, after = load['loadavg_before'][0], load['loadavg_after'][0]
+  note = f"load average {before:.1f} before, {after:.1f} after, on {load['cpus']} CPUs; "
+  if not load['max_wait_s']:
+    return note + 'idle CPU not checked before turns (--max_wait=0)'
+  note += f"{load['turns_under_load']} of {load['turns']} turns started with other work running"
+  if load['turns_under_load']:
+    note += ' (timings noisy: PyTorch suffers more under oversubscription)'
+  return note

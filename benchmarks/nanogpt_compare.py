@@ -1,0 +1,310 @@
+"""lmjax vs karpathy/nanoGPT (PyTorch), side by side on this machine, in one invocation.
+
+  python benchmarks/nanogpt_compare.py --nanogpt_dir=/tmp/nanogpt --preset=cpu
+  python benchmarks/nanogpt_compare.py --nanogpt_dir=/tmp/nanogpt --preset=shakespeare_char
+
+Get a nanoGPT checkout outside this repository (its code is never copied here), e.g.
+  git clone https://github.com/karpathy/nanoGPT /tmp/nanogpt
+
+Both train the same GPT shapes on the same character-level Tiny Shakespeare
+(vocabulary = its 65 characters, first 90% train / last 10% validation, as
+nanoGPT's data/shakespeare_char/prepare.py) from the same batches: batch ``i`` is
+drawn from ``numpy.random.default_rng((seed, i))`` in each. nanoGPT runs its own
+``model.py`` (``GPT``, ``GPTConfig``, ``configure_optimizers``) with the AdamW
+settings, gradient clipping and warmup+cosine ``get_lr`` of its train.py;
+lmjax runs its own training step (``lmjax.bench.build``: the one ``lmjax.train``
+jits) with the same hyperparameters through its config.
+
+Each runs in its own process and they take turns, ``--chunk`` iterations at a
+time (benchmarks/interleave.py), so a change in machine load hits both alike.
+Timing excludes evaluation and compilation (a first forward/backward pass
+without an update). The table's ratio is nanoGPT time / lmjax time: above 1,
+lmjax is faster.
+
+Presets:
+  cpu: nanoGPT README's CPU run (config/train_shakespeare_char.py with --device=cpu
+       --compile=False --eval_iters=20 --block_size=64 --batch_size=12 --n_layer=4
+       --n_head=4 --n_embd=128 --max_iters=2000 --lr_decay_iters=2000 --dropout=0.0),
+       validation loss every 500 iterations.
+  shakespeare_char: nanoGPT's default shapes (6 layers, 6 heads, d=384, block 256,
+       batch 64); speed only, a few dozen iterations. lmjax takes the 64 rows as 8
+       micro-batches (train.grad_accum_steps=8: the same update; on CPU each
+       micro-batch's activations stay in cache, 1.58x faster than one batch of 64);
+       nanoGPT runs its config as is (gradient_accumulation_steps=1).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+from absl import app, flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(os.path.dirname(REPO), 'shared', 'data', 'tinyshakespeare.txt')
+for _path in (REPO, os.path.join(REPO, 'benchmarks')):  # lmjax, configs/ and interleave, in the workers too
+  if _path not in sys.path:
+    sys.path.insert(0, _path)
+
+import interleave  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# nanoGPT's config/train_shakespeare_char.py with the README's CPU overrides (cpu), or as is (shakespeare_char).
+PRESETS = {
+    'cpu': dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, iters=2000, eval_every=500,
+                eval_iters=20, lmjax_accum=1, nanogpt_accum=1),
+    'shakespeare_char': dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, iters=24,
+                             eval_every=0, eval_iters=0, lmjax_accum=8, nanogpt_accum=1),
+}
+# Shared by both presets (train_shakespeare_char.py and nanoGPT train.py defaults).
+OPTIM = dict(learning_rate=1e-3, min_lr=1e-4, warmup_iters=100, beta1=0.9, beta2=0.99, weight_decay=0.1,
+             grad_clip=1.0)
+
+def load_chars(path: str):
+  """(train ids, val ids, vocab size) exactly as nanoGPT's shakespeare_char/prepare.py makes them."""
+  with open(path, encoding='utf-8') as f:
+    text = f.read()
+  chars = sorted(set(text))
+  lookup = np.zeros(max(map(ord, chars)) + 1, np.uint16)
+  lookup[[ord(c) for c in chars]] = np.arange(len(chars))
+  ids = lookup[np.frombuffer(text.encode('utf-32-le'), np.uint32)]
+  split = int(len(ids) * 0.9)
+  return ids[:split], ids[split:], len(chars)
+
+
+def windows(data, seed_key, batch: int, block: int) -> np.ndarray:
+  """[batch, block + 1] int64 windows at random offsets: inputs [:, :-1], targets [:, 1:]."""
+  starts = np.random.default_rng(seed_key).integers(0, len(data) - block, batch)
+  return np.stack([data[s:s + block + 1] for s in starts]).astype(np.int64)
+
+
+def get_lr(it: int, iters_decay: int) -> float:
+  """nanoGPT train.py's get_lr: linear warmup, cosine to min_lr at lr_decay_iters."""
+  o = OPTIM
+  if it < o['warmup_iters']:
+    return o['learning_rate'] * (it + 1) / (o['warmup_iters'] + 1)
+  if it > iters_decay:
+    return o['min_lr']
+  ratio = (it - o['warmup_iters']) / (iters_decay - o['warmup_iters'])
+  return o['min_lr'] + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (o['learning_rate'] - o['min_lr'])
+
+
+class _Data:
+  """Both sides' batches: train batch ``it`` and the fixed validation batches, from the same seeds."""
+
+  def __init__(self, spec: dict):
+    self.train_ids, val_ids, _ = load_chars(spec['data'])
+    self.spec = spec
+    self.val = [windows(val_ids, (spec['seed'], 1, j), spec['batch_size'], spec['block_size'])
+                for j in range(spec['eval_iters'])]
+
+  def train(self, it: int) -> np.ndarray:
+    return windows(self.train_ids, (self.spec['seed'], 0, it), self.spec['batch_size'], self.spec['block_size'])
+
+
+class NanoGPT:
+  """nanoGPT's model, optimizer and training iteration as in its train.py (CPU: no autocast, no scaler)."""
+
+  def __init__(self, spec: dict):
+    sys.path.insert(0, spec['nanogpt_dir'])
+    import torch  # pylint: disable=g-import-not-at-top
+    from model import GPT, GPTConfig  # pylint: disable=g-import-not-at-top  (nanoGPT's model.py)
+    self.torch, self.spec, self.data = torch, spec, _Data(spec)
+    torch.manual_seed(spec['seed'])
+    self.model = GPT(GPTConfig(block_size=spec['block_size'], vocab_size=spec['vocab'], n_layer=spec['n_layer'],
+                               n_head=spec['n_head'], n_embd=spec['n_embd'], dropout=spec['dropout'], bias=False))
+    self.optimizer = self.model.configure_optimizers(OPTIM['weight_decay'], OPTIM['learning_rate'],
+                                                     (OPTIM['beta1'], OPTIM['beta2']), 'cpu')
+    self.forward = torch.compile(self.model) if spec['compile'] else self.model
+    self.version = f'torch {torch.__version__}, {torch.get_num_threads()} threads'
+
+  def warm_up(self):
+    """One forward/backward (torch.compile compiles here), then the gradients are dropped: no update."""
+    _, loss = self.forward(*self._xy(self.data.train(0)))
+    loss.backward()
+    self.optimizer.zero_grad(set_to_none=True)
+
+  def train(self, it: int):
+    for group in self.optimizer.param_groups:
+      group['lr'] = get_lr(it, self.spec['lr_decay_iters'])
+    accum = self.spec['nanogpt_accum']  # train.py's gradient_accumulation_steps loop
+    for micro in np.split(self.data.train(it), accum):
+      _, loss = self.forward(*self._xy(micro))
+      (loss / accum).backward()
+    self.torch.nn.utils.clip_grad_norm_(self.model.parameters(), OPTIM['grad_clip'])
+    self.optimizer.step()
+    self.optimizer.zero_grad(set_to_none=True)
+    return loss
+
+  def finish(self, loss) -> float:
+    return float(loss.item())
+
+  def evaluate(self) -> float:
+    self.model.eval()
+    with self.torch.no_grad():
+      losses = [float(self.forward(*self._xy(w))[1].item()) for w in self.data.val]
+    self.model.train()
+    return float(np.mean(losses))
+
+  def _xy(self, window):
+    window = self.torch.from_numpy(window)
+    return window[:, :-1].contiguous(), window[:, 1:].contiguous()
+
+
+def lmjax_config(spec: dict):
+  """configs/gpt.py with nanoGPT's block (learned positions, LayerNorm eps 1e-5, exact GELU, no biases,
+  tied embeddings) and its optimizer: AdamW(0.9, 0.99), weight decay 0.1 on every matrix including the
+  embeddings, clip 1.0, warmup 100 then cosine to lr/10."""
+  from configs import gpt  # pylint: disable=g-import-not-at-top
+  c = gpt.get_config('tiny')
+  m = c.model
+  m.num_layers, m.embed_dim, m.num_heads = spec['n_layer'], spec['n_embd'], spec['n_head']
+  m.mlp_dim, m.max_len, m.dropout_rate = 4 * spec['n_embd'], spec['block_size'], spec['dropout']
+  m.positions, m.norm, m.norm_eps, m.activation, m.use_bias = 'learned', 'layernorm', 1e-5, 'gelu_exact', False
+  c.data.seq_len, c.data.vocab_size = spec['block_size'], spec['vocab']
+  c.train.batch_size, c.train.max_steps, c.seed = spec['batch_size'], spec['iters'], spec['seed']
+  c.train.grad_accum_steps = spec['lmjax_accum']
+  o = c.optim
+  o.learning_rate, o.min_lr_ratio = OPTIM['learning_rate'], OPTIM['min_lr'] / OPTIM['learning_rate']
+  o.warmup_steps, o.schedule_steps = OPTIM['warmup_iters'], spec['lr_decay_iters']
+  o.b1, o.b2, o.weight_decay, o.clip_norm = OPTIM['beta1'], OPTIM['beta2'], OPTIM['weight_decay'], OPTIM['grad_clip']
+  o.decay_embeddings = True
+  for override in spec['lmjax']:
+    apply_override(c, override)
+  return c
+
+
+def apply_override(config, override: str):
+  """``'model.remat=full'`` onto a ConfigDict, parsed as the key's type."""
+  key, _, value = override.partition('=')
+  *path, leaf = key.split('.')
+  node = config
+  for p in path:
+    node = node[p]
+  node[leaf] = value.lower() in ('1', 'true') if isinstance(node[leaf], bool) else type(node[leaf])(value)
+
+
+class Lmjax:
+  """lmjax's jitted training step (lmjax.bench.build), fed the same windows as packed single-segment rows."""
+
+  def __init__(self, spec: dict):
+    import jax  # pylint: disable=g-import-not-at-top
+    from lmjax import bench, sharding  # pylint: disable=g-import-not-at-top
+    self.jax, self.sharding, self.data = jax, sharding, _Data(spec)
+    self.config = lmjax_config(spec)
+    sharding.split_cpu(sharding.cpu_device_count(  # as lmjax.main and lmjax.bench do
+        self.config.mesh.cpu_devices, self.config.train.batch_size // self.config.train.grad_accum_steps))
+    self.setup = bench.build(self.config, spec['vocab'])
+    self.state, self.rng = self.setup.state, jax.random.key(spec['seed'])
+    self.token_bytes_V = jax.numpy.ones((spec['vocab'],), jax.numpy.int32)
+    self.version = f'jax {jax.__version__}, {self.setup.mesh.size} {jax.devices()[0].device_kind} device(s)'
+
+  def _batch(self, window):
+    window = window.astype(np.int32)
+    host = {'tokens': window, 'segment_ids': np.ones_like(window),
+            'positions': np.broadcast_to(np.arange(window.shape[1], dtype=np.int32), window.shape).copy()}
+    return self.sharding.host_to_global(host, self.setup.mesh)
+
+  def warm_up(self):
+    """Compiles the step (and the eval step) ahead of time; nothing is updated."""
+    batch = self._batch(self.data.train(0))
+    with self.sharding.activate(self.setup.mesh):  # the model's logical constraints resolve at tracing
+      self.train_fn = self.setup.train_fn.lower(self.state, batch, self.rng).compile()
+      self.eval_fn = self.setup.eval_fn.lower(self.state.params, batch, 0, self.token_bytes_V).compile()
+
+  def train(self, it: int):
+    # The learning rate follows the state's step; the host runs ahead of the device.
+    self.state, metrics = self.train_fn(self.state, self._batch(self.data.train(it)), self.rng)
+    return metrics['loss']
+
+  def finish(self, loss) -> float:
+    loss_sum, count = self.jax.device_get(loss)
+    return float(loss_sum / count)
+
+  def evaluate(self) -> float:
+    sums = [self.jax.device_get(self.eval_fn(self.state.params, self._batch(w), i, self.token_bytes_V)['loss'])
+            for i, w in enumerate(self.data.val)]
+    return float(sum(s for s, _ in sums) / sum(c for _, c in sums))
+
+
+def table(spec: dict, results: dict) -> str:
+  n, j = results['nanogpt'], results['lmjax']
+  rows = [('ms/iteration (mean)', n['ms_per_iter'], j['ms_per_iter'], n['ms_per_iter'] / j['ms_per_iter']),
+          ('ms/iteration (median chunk)', n['median_chunk_ms_per_iter'], j['median_chunk_ms_per_iter'],
+           n['median_chunk_ms_per_iter'] / j['median_chunk_ms_per_iter']),
+          ('tokens/s', n['tokens_per_sec'], j['tokens_per_sec'], j['tokens_per_sec'] / n['tokens_per_sec'])]
+  for it in sorted(n['val_loss']):
+    rows.append((f'val loss @ {it}', n['val_loss'][it], j['val_loss'][it], None))
+  lines = [f"{spec['preset']}: {spec['n_layer']} layers, {spec['n_head']} heads, d={spec['n_embd']}, "
+           f"block {spec['block_size']}, batch {spec['batch_size']}, {spec['iters']} iterations, "
+           f"dropout {spec['dropout']}, nanoGPT compile={spec['compile']}, micro-batches "
+           f"per step: nanoGPT {spec['nanogpt_accum']}, lmjax {spec['lmjax_accum']}",
+           f"| {'':28s} | {'nanoGPT':>10s} | {'lmjax':>10s} | {'lmjax/nanoGPT':>13s} |",
+           f"|{'-' * 30}|{'-' * 12}|{'-' * 12}|{'-' * 15}|"]
+  for name, a, b, ratio in rows:
+    fmt = '.4f' if 'loss' in name else ',.1f'
+    lines.append(f"| {name:28s} | {a:>10{fmt}} | {b:>10{fmt}} | {'' if ratio is None else f'{ratio:.2f}x':>13s} |")
+  lines.append(f"nanoGPT: {n['version']}; lmjax: {j['version']}; {interleave.load_note(results)}")
+  return '\n'.join(lines)
+
+
+def _define_flags():
+  """Flags exist only in the main process: the workers import this module to find their runner."""
+  flags.DEFINE_string('nanogpt_dir', None, 'A karpathy/nanoGPT checkout (holds model.py).')
+  flags.DEFINE_enum('preset', 'cpu', list(PRESETS), 'Model shapes and run length.')
+  flags.DEFINE_integer('iters', None, "Training iterations (default: the preset's).")
+  flags.DEFINE_integer('eval_every', None, 'Iterations between validation losses; 0 = none.')
+  flags.DEFINE_integer('eval_iters', None, 'Validation batches per evaluation (the same for both).')
+  flags.DEFINE_integer('lr_decay_iters', 2000, 'End of the cosine (nanoGPT lr_decay_iters).')
+  flags.DEFINE_integer('lmjax_accum', None, "lmjax's train.grad_accum_steps (default: the preset's): the same "
+                       'update from micro-batches, whose activations stay in cache on CPU.')
+  flags.DEFINE_integer('nanogpt_accum', None, "nanoGPT's gradient_accumulation_steps (default: 1, its config's).")
+  flags.DEFINE_float('max_wait', 60.0, 'Seconds each turn may wait for other processes to leave the CPU idle.')
+  flags.DEFINE_integer('chunk', 25, 'Iterations a worker runs before the other takes its turn.')
+  flags.DEFINE_float('dropout', 0.0, 'Dropout in both (lmjax has no attention-probability dropout).')
+  flags.DEFINE_bool('compile', False, "torch.compile nanoGPT's model (its CPU run does not).")
+  flags.DEFINE_integer('seed', 1337, "Batch-order seed (and both models' init seed).")
+  flags.DEFINE_multi_string('lmjax', [], 'Extra lmjax config overrides, e.g. model.remat=full.')
+  flags.DEFINE_string('data', DATA, 'Tiny Shakespeare text.')
+  flags.DEFINE_string('json', None, 'Results file; default benchmarks/results/nanogpt_<preset>.json.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  f = flags.FLAGS
+  if not f.nanogpt_dir or not os.path.exists(os.path.join(f.nanogpt_dir, 'model.py')):
+    raise app.UsageError('--nanogpt_dir must be a karpathy/nanoGPT checkout (with model.py)')
+  spec = dict(PRESETS[f.preset], preset=f.preset, nanogpt_dir=os.path.abspath(f.nanogpt_dir), data=f.data,
+              vocab=load_chars(f.data)[2], dropout=f.dropout, compile=f.compile, seed=f.seed, chunk=f.chunk,
+              lmjax=list(f.lmjax), lr_decay_iters=f.lr_decay_iters)
+  for key in ('iters', 'eval_every', 'eval_iters', 'lmjax_accum', 'nanogpt_accum'):
+    if f[key].value is not None:
+      spec[key] = f[key].value
+  def on_eval(it, results):
+    print(f"iter {it}: val loss nanoGPT {results['nanogpt']['val_loss'][it]:.4f}, "
+          f"lmjax {results['lmjax']['val_loss'][it]:.4f}", flush=True)
+  results = interleave.compare({'nanogpt': 'nanogpt_compare:NanoGPT', 'lmjax': 'nanogpt_compare:Lmjax'}, spec,
+                               iters=spec['iters'], chunk=spec['chunk'], eval_every=spec['eval_every'],
+                               on_eval=on_eval, max_wait=f.max_wait)
+  tokens = spec['iters'] * spec['batch_size'] * spec['block_size']
+  for name in ('nanogpt', 'lmjax'):
+    results[name]['tokens_per_sec'] = tokens / results[name]['train_s']
+  print(table(spec, results))
+  path = f.json or os.path.join(REPO, 'benchmarks', 'results', f'nanogpt_{f.preset}.json')
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  for name in ('nanogpt', 'lmjax'):
+    del results[name]['chunk_ms']  # keep the file small
+  with open(path, 'w', encoding='utf-8') as f:
+    json.dump({'spec': spec, 'results': results, 'command': ' '.join(sys.argv), 'machine': platform.processor()
+               or platform.machine(), 'cpus': os.cpu_count(), 'date': time.strftime('%Y-%m-%d')}, f, indent=2)
+  print(f'wrote {path}')
+
+
+if __name__ == '__main__':
+  _define_flags()
+  app.run(main)
