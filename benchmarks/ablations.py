@@ -83,8 +83,7 @@ def _patch(variant: str):
 def _worker(shape: dict, variant: str, steps: int, conn):
   from lmjax import bench, sharding  # pylint: disable=g-import-not-at-top
   config = config_for(shape, variant)
-  sharding.split_cpu(sharding.cpu_device_count(config.mesh.cpu_devices,
-                                               config.train.batch_size // config.train.grad_accum_steps))
+  sharding.split_cpu_for(config)
   _patch(variant)
   r = bench.run(config, steps_=steps, warmup=2)
   conn.send({k: r[k] for k in ('step_time_s', 'tokens_per_sec', 'mfu', 'num_devices', 'peak_source',

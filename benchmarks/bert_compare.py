@@ -130,8 +130,7 @@ class LmjaxMlm:
     from lmjax import bench, sharding  # pylint: disable=g-import-not-at-top
     self.jax, self.sharding, self.spec = jax, sharding, spec
     config = lmjax_config(spec)
-    sharding.split_cpu(sharding.cpu_device_count(  # as lmjax.main and lmjax.bench do
-        config.mesh.cpu_devices, config.train.batch_size // config.train.grad_accum_steps))
+    sharding.split_cpu_for(config)  # as lmjax.main and lmjax.bench do
     self.setup = bench.build(config, spec['vocab'])
     self.state, self.rng = self.setup.state, jax.random.key(spec['seed'])
     self.version = f'jax {jax.__version__}, {self.setup.mesh.size} {jax.devices()[0].device_kind} device(s)'

@@ -196,8 +196,7 @@ class Lmjax:
     from lmjax import bench, sharding  # pylint: disable=g-import-not-at-top
     self.jax, self.sharding, self.data = jax, sharding, _Data(spec)
     self.config = lmjax_config(spec)
-    sharding.split_cpu(sharding.cpu_device_count(  # as lmjax.main and lmjax.bench do
-        self.config.mesh.cpu_devices, self.config.train.batch_size // self.config.train.grad_accum_steps))
+    sharding.split_cpu_for(self.config)  # as lmjax.main and lmjax.bench do
     self.setup = bench.build(self.config, spec['vocab'])
     self.state, self.rng = self.setup.state, jax.random.key(spec['seed'])
     self.token_bytes_V = jax.numpy.ones((spec['vocab'],), jax.numpy.int32)

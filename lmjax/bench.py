@@ -192,7 +192,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
   c = f.config  # as lmjax.main does: before JAX starts
-  sharding.split_cpu(sharding.cpu_device_count(c.mesh.cpu_devices, c.train.batch_size // c.train.grad_accum_steps))
+  sharding.split_cpu_for(c)
   try:
     results = run(f.config, steps_=f.steps, warmup=f.warmup, peak_override=f.peak_flops)
   except ValueError as e:

@@ -43,10 +43,8 @@ def _split_cpu(config):
   """One JAX device per CPU core (``mesh.cpu_devices``), before JAX starts. Multi-process runs split
   only when asked: the per-process batch is not known yet."""
   from lmjax import sharding  # pylint: disable=g-import-not-at-top  (imports jax; backends stay unstarted)
-  wanted = config.mesh.cpu_devices
-  if wanted or _DISTRIBUTED.value == 'off':
-    micro_batch = config.train.batch_size // max(config.train.grad_accum_steps, 1)
-    sharding.split_cpu(sharding.cpu_device_count(wanted, micro_batch))
+  if config.mesh.cpu_devices or _DISTRIBUTED.value == 'off':
+    sharding.split_cpu_for(config)
 
 
 def quiet_library_logs():

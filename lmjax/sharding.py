@@ -92,6 +92,13 @@ def split_cpu(count: int) -> bool:
   return True
 
 
+def split_cpu_for(config) -> bool:
+  """``split_cpu`` with the count the config asks for: ``mesh.cpu_devices``, or one per core that
+  divides the micro-batch (``train.batch_size // train.grad_accum_steps``)."""
+  micro_batch = config.train.batch_size // max(config.train.grad_accum_steps, 1)
+  return split_cpu(cpu_device_count(config.mesh.cpu_devices, micro_batch))
+
+
 def mesh_from_config(mesh_config, devices=None) -> Mesh:
   """``make_mesh`` from the config's ``mesh`` section (``cpu_devices`` acts earlier, in ``split_cpu``)."""
   return make_mesh(**{k: v for k, v in mesh_config.items() if k != 'cpu_devices'}, devices=devices)

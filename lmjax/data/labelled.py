@@ -10,11 +10,12 @@ training file always gives the same mapping.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import re
 
 import numpy as np
+
+from lmjax.data import sources
 
 SPLITS = ('train', 'validation', 'test')
 _INT = re.compile(r'-?\d+')
@@ -63,10 +64,7 @@ def _jsonl_rows(f, path, text_field, label_field):
   for n, line in enumerate(f, 1):
     if not line.strip():
       continue
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise ValueError(f'{path}:{n} is not valid JSON ({e.msg}); fix or remove that line') from e
+    record = sources.json_record(line, f'{path}:{n}')
     if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
       raise ValueError(f'{path}:{n} has no string field {text_field!r}; set --config.finetune.text_field')
     label = record.get(label_field)

@@ -101,15 +101,20 @@ def _read_text(path: str) -> list[str]:
   return [_decode(path)]
 
 
+def json_record(line: str, where: str):
+  """One JSONL line, parsed; a line that is not JSON is a one-line error naming ``where`` (path:line)."""
+  try:
+    return json.loads(line)
+  except json.JSONDecodeError as e:
+    raise ValueError(f'{where} is not valid JSON ({e.msg}); fix or remove that line') from e
+
+
 def _read_jsonl(path: str, field: str) -> list[str]:
   docs = []
   for n, line in enumerate(_decode(path).splitlines(), 1):
     if not line.strip():
       continue
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise ValueError(f'{path}:{n} is not valid JSON ({e.msg}); fix or remove that line') from e
+    record = json_record(line, f'{path}:{n}')
     if not isinstance(record, dict) or not isinstance(record.get(field), str):
       raise ValueError(f'{path}:{n} has no string field {field!r}; set --config.data.text_field')
     docs.append(record[field])
