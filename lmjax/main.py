@@ -80,9 +80,22 @@ def parse_flags(argv):
           'every key is declared in configs/base.py')
 
 
-def _fail(message: str):
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(2)
+def _fail(message: str, *, threads_may_print: bool = False):
+  """Ends the process with ``error: message`` as the last line of stderr and exit status 2.
+
+  After a failed asynchronous checkpoint, orbax/tensorstore threads go on printing tracebacks to file
+  descriptor 2 (and would print more at shutdown). With ``threads_may_print`` the descriptor is pointed at
+  /dev/null first, so nothing follows the line, and the line starts on a fresh one, so a traceback line
+  cut off half way cannot run into it.
+  """
+  sys.stdout.flush()
+  sys.stderr.flush()
+  out = 2
+  if threads_may_print:
+    out = os.dup(2)
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+  os.write(out, f'{chr(10) if threads_may_print else ""}error: {message}\n'.encode())
+  os._exit(2)  # pylint: disable=protected-access
 
 
 def main(argv):
@@ -99,9 +112,7 @@ def main(argv):
   try:
     run(_CONFIG.value, _WORKDIR.value)
   except ValueError as e:  # bad input or config: one line, non-zero exit, nothing damaged
-    print(f'error: {e}', file=sys.stderr, flush=True)
-    # Exit now: background checkpoint threads that failed would print their tracebacks at shutdown.
-    os._exit(2)  # pylint: disable=protected-access
+    _fail(str(e), threads_may_print=True)
 
 
 if __name__ == '__main__':
