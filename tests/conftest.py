@@ -1,10 +1,23 @@
-"""Test setup: 8 fake CPU devices (set before JAX starts) so sharding code runs everywhere."""
+"""Test setup: 8 fake CPU devices (set before JAX starts) so sharding code runs everywhere, and one
+persistent compilation cache for the session, shared with the subprocesses the tests start."""
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# Many tests (and their `python -m lmjax.main` subprocesses) compile the same tiny programs; a run that
+# finds them on disk starts in about half the time. Every entry is written and read by this session only.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='lmjax-test-jax-cache-')
+  atexit.register(shutil.rmtree, os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+# A size limit turns on JAX's file lock: processes that run side by side write the same entries.
+os.environ.setdefault('JAX_COMPILATION_CACHE_MAX_SIZE', str(4 << 30))
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # configs/ is imported by path-loaded config files

@@ -79,6 +79,7 @@ def test_quickstart_trains_plots_samples_and_fills_masks(tmp_path):
   assert 'eval_loss' in text
 
 
+@pytest.mark.slow  # 20 s; tests/test_sharding.py covers the same library calls in the default suite
 def test_sharding_lays_out_parameters_and_matches_one_device(tmp_path):
   nb = _execute('sharding', tmp_path)
   text = _text(nb)

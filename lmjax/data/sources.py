@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import collections
 import glob
 import json
 import os
@@ -81,8 +82,18 @@ def _docstrings(path: str, min_chars: int = 200) -> list[str]:
   except (SyntaxError, UnicodeDecodeError, ValueError):
     return []
   kinds = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
-  found = (ast.get_docstring(n) for n in ast.walk(tree) if isinstance(n, kinds))
+  found = (ast.get_docstring(n) for n in _statements(tree) if isinstance(n, kinds))
   return [d for d in found if d and len(d) >= min_chars]
+
+
+def _statements(tree: ast.Module):
+  """``ast.walk``'s breadth-first order, without descending into expressions (most of a module's nodes):
+  a class or function definition is always a statement nested in statements, so the order is the same."""
+  queue = collections.deque([tree])
+  while queue:
+    node = queue.popleft()
+    queue.extend(c for c in ast.iter_child_nodes(node) if isinstance(c, (ast.stmt, ast.excepthandler, ast.match_case)))
+    yield node
 
 
 def expand_paths(paths: str) -> list[str]:
