@@ -121,7 +121,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   the test split. Returns the best validation metrics (``eval_*``) and its test metrics (``test_*``)."""
   workdir = os.path.abspath(workdir)
   _check_config(config)
-  train._check_workdir(workdir)  # pylint: disable=protected-access
+  train.check_workdir(workdir)
   ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), every=config.checkpoint.every,
                                      keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
   best = checkpoint_lib.Checkpointer(os.path.join(workdir, 'best'), every=1, keep=1, async_save=False)
@@ -274,7 +274,7 @@ class _Run:
                  np.round(class_weights_C, 3).tolist())
     if jax.process_index() == 0:
       _write_json(os.path.join(workdir, LABELS_FILE), {'labels': names})
-      train._write_config(config, workdir)  # pylint: disable=protected-access
+      train.write_config(config, workdir)
     batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
     train_fn = jax.jit(functools.partial(steps.train_step, tx=tx, grad_accum_steps=config.train.grad_accum_steps,
                                          loss_fn=functools.partial(loss_fn, model.apply,

@@ -133,7 +133,7 @@ def _atomic_copy(src: str, dst: str):
   os.replace(tmp, dst)
 
 
-def _write_config(config, workdir: str):
+def write_config(config, workdir: str):
   tmp = os.path.join(workdir, f'{CONFIG_FILE}.tmp')
   with open(tmp, 'w', encoding='utf-8') as f:
     f.write(config.to_json_best_effort(indent=2))
@@ -175,7 +175,7 @@ def load_for_inference(workdir: str, objective: str | None = None):
   return config, model, state.params, tokenizer
 
 
-def _check_workdir(workdir: str):
+def check_workdir(workdir: str):
   probe = os.path.join(workdir, f'.write_test.{os.getpid()}')
   try:  # os.access says yes to root on a read-only filesystem: really write
     os.makedirs(workdir, exist_ok=True)
@@ -218,7 +218,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """
   workdir = os.path.abspath(workdir)
   _check_config(config)
-  _check_workdir(workdir)
+  check_workdir(workdir)
   ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), every=config.checkpoint.every,
                                      keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
   try:
@@ -268,7 +268,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint_lib
                                                   shardings.params))
       logging.info('initialised the parameters from %s', config.train.init_from)
   if is_main:
-    _write_config(config, workdir)
+    write_config(config, workdir)
   logging.info('model: %s parameters; mesh %s', f'{model_cfg.num_params():,}', dict(mesh.shape))
   if start_step >= config.train.max_steps:
     logging.warning('the checkpoint at step %d has reached train.max_steps=%d: nothing to train; raise '
