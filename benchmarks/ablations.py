@@ -40,7 +40,11 @@ VARIANTS = {
     'full_attention': "attention_impl='xla': the full L x L causal scores (no key-block skipping)",
     'full_mlm_head': 'masked-LM output head at every position, not only the selected ones',
     'no_accum': 'train.grad_accum_steps=1: one big batch, not micro-batches',
+    # Not speed changes of lmjax but probes of one that was tried (run them with --variants=...):
+    'flat_adamw': 'probe: AdamW on one flattened parameter vector (optax.flatten), not per leaf',
+    'sgd_update': "probe: plain SGD (no AdamW moments, decay or clipping): what the optimizer costs at most",
 }
+PROBES = ('flat_adamw', 'sgd_update')
 
 
 def config_for(shape: dict, variant: str):
@@ -73,11 +77,32 @@ def _patch(variant: str):
     layers._flat_matmul = jnp.einsum  # pylint: disable=protected-access
   elif variant == 'jax_gelu':
     layers.gelu = lambda x, approximate: nn.gelu(x, approximate=approximate)
+  elif variant in PROBES:
+    _patch_optimizer(variant)
   elif variant == 'full_mlm_head':
     plain = objectives.loss_fn
     objectives.loss_fn = lambda objective, masking=None: (
         functools.partial(objectives.masked_lm_loss, masking=masking, selected_only=False)
         if objective == 'mlm' else plain(objective, masking))
+
+
+def _patch_optimizer(variant: str):
+  import optax  # pylint: disable=g-import-not-at-top
+  from lmjax import optim  # pylint: disable=g-import-not-at-top
+  plain = optim.make_optimizer
+
+  def make(**kw):
+    tx, schedule = plain(**kw)
+    if variant == 'sgd_update':
+      tx = optax.apply_if_finite(optax.sgd(schedule), max_consecutive_errors=2**30)  # keeps the skip counter
+    else:
+      decay = optax.add_decayed_weights(kw['weight_decay'], lambda p: optim.decay_mask(p, kw['decay_embeddings']))
+      flat = optax.flatten(optax.chain(optax.clip_by_global_norm(kw['clip_norm']),
+                                       optax.scale_by_adam(b1=kw['b1'], b2=kw['b2'], eps=kw['eps'])))
+      tx = optax.apply_if_finite(optax.chain(flat, decay, optax.scale_by_learning_rate(schedule)),
+                                 max_consecutive_errors=2**30)
+    return tx, schedule
+  optim.make_optimizer = make
 
 
 def _worker(shape: dict, variant: str, steps: int, conn):
@@ -112,7 +137,7 @@ def main(argv):
   shape = SHAPES[_SHAPES.value]
   applies = {'full_attention': shape['objective'] == 'clm', 'full_mlm_head': shape['objective'] == 'mlm',
              'no_accum': shape['accum'] > 1}
-  variants = _VARIANTS.value or [v for v in VARIANTS if applies.get(v, True)]
+  variants = _VARIANTS.value or [v for v in VARIANTS if applies.get(v, True) and v not in PROBES]
   best = {}
   for round_ in range(_ROUNDS.value):
     for variant in variants if round_ % 2 == 0 else variants[::-1]:
