@@ -23,13 +23,13 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from lmjax import checkpoint as checkpoint_lib
-from lmjax import convert
 from lmjax import evaluate as evaluate_lib
 from lmjax import metrics as metrics_lib
 from lmjax import objectives, optim, sharding, steps
 from lmjax import state as state_lib
 from lmjax.data import pipeline, prepared, sources
 from lmjax.data import tokenizer as tokenizer_lib
+from lmjax.models import hf
 from lmjax.models.transformer import ModelConfig, Transformer
 
 TOKENIZER_FILE = 'tokenizer.model'
@@ -302,9 +302,9 @@ def _initial_params(path: str, abstract_params):
   """Parameters from an lmjax workdir's latest checkpoint or a Hugging Face GPT-2 or BERT directory,
   shape-checked. They are read whole on one device, then placed into this run's shardings.
   """
-  hf_config = os.path.join(path, convert.CONFIG)
+  hf_config = os.path.join(path, hf.CONFIG)
   if os.path.isfile(hf_config) and not os.path.isdir(os.path.join(path, 'checkpoints')):
-    params = convert.import_hf(path)[1]
+    params = hf.import_hf(path)[1]
   else:
     params = load_for_inference(path)[2]
   checkpoint_lib.check_same_params(params, abstract_params, f'train.init_from={path}',

@@ -19,6 +19,7 @@ from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
 from lmjax import convert, fill_mask, sample, train
 from lmjax.data import tokenizer as tokenizer_lib
+from lmjax.models import hf as hf_lib
 from lmjax.models.transformer import ModelConfig, Transformer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,7 +45,7 @@ def _tokens():
 @pytest.mark.parametrize('activation', ['gelu_new', 'gelu'])
 def test_gpt2_import_matches_transformers_logits(tmp_path, activation):
   hf = _hf_gpt2(tmp_path, activation_function=activation)
-  cfg, params = convert.import_gpt2(str(tmp_path / 'hf'))
+  cfg, params = hf_lib.import_gpt2(str(tmp_path / 'hf'))
   tokens = _tokens()
   ours = np.asarray(Transformer(cfg).apply({'params': params}, jnp.asarray(tokens), deterministic=True))
   with torch.no_grad():
@@ -54,9 +55,9 @@ def test_gpt2_import_matches_transformers_logits(tmp_path, activation):
 
 def test_gpt2_export_reloads_in_transformers_with_the_same_logits(tmp_path):
   _hf_gpt2(tmp_path)
-  cfg, params = convert.import_gpt2(str(tmp_path / 'hf'))
+  cfg, params = hf_lib.import_gpt2(str(tmp_path / 'hf'))
   params['block_1']['mlp']['wi']['bias'] = params['block_1']['mlp']['wi']['bias'] + 0.5  # not just a copy back
-  convert.export_gpt2(cfg, params, str(tmp_path / 'out'))
+  hf_lib.export_gpt2(cfg, params, str(tmp_path / 'out'))
   reloaded = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / 'out').eval()
   tokens = _tokens()
   ours = np.asarray(Transformer(cfg).apply({'params': params}, jnp.asarray(tokens), deterministic=True))
@@ -67,7 +68,7 @@ def test_gpt2_export_reloads_in_transformers_with_the_same_logits(tmp_path):
 
 def test_missing_files_are_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match='config.json not found'):
-    convert.import_gpt2(str(tmp_path))
+    hf_lib.import_gpt2(str(tmp_path))
 
 
 def test_training_starts_from_gpt2_or_lmjax_weights(tmp_path):
@@ -89,7 +90,7 @@ def test_training_starts_from_gpt2_or_lmjax_weights(tmp_path):
   train.train_and_evaluate(tiny_config(corpus, **gpt2_shape, **{'train.init_from': str(tmp_path / 'gpt2')}),
                            str(tmp_path / 'from_gpt2'))
   got = params_of(tmp_path / 'from_gpt2')
-  jax.tree.map(np.testing.assert_array_equal, got, convert.import_gpt2(str(tmp_path / 'gpt2'))[1])
+  jax.tree.map(np.testing.assert_array_equal, got, hf_lib.import_gpt2(str(tmp_path / 'gpt2'))[1])
 
   train.train_and_evaluate(tiny_config(corpus, **gpt2_shape, **{'train.init_from': str(tmp_path / 'from_gpt2')}),
                            str(tmp_path / 'from_lmjax'))
@@ -138,7 +139,7 @@ def _bert_logits(model, tokens, types):
 @pytest.mark.parametrize('hidden_act', ['gelu', 'gelu_new'])
 def test_bert_import_matches_transformers_logits(tmp_path, hidden_act):
   hf = _hf_bert(tmp_path / 'hf', hidden_act=hidden_act)
-  cfg, params = convert.import_hf(str(tmp_path / 'hf'))
+  cfg, params = hf_lib.import_hf(str(tmp_path / 'hf'))
   assert (cfg.norm_position, cfg.embed_norm, cfg.causal, cfg.mlm_head) == ('post', True, False, True)
   assert cfg.activation == {'gelu': 'gelu_exact', 'gelu_new': 'gelu'}[hidden_act]
   assert sum(x.size for x in jax.tree.leaves(params)) == cfg.num_params()
@@ -149,10 +150,10 @@ def test_bert_import_matches_transformers_logits(tmp_path, hidden_act):
 
 def test_bert_export_reloads_in_transformers_with_the_same_logits(tmp_path):
   _hf_bert(tmp_path / 'hf')
-  cfg, params = convert.import_bert(str(tmp_path / 'hf'))
+  cfg, params = hf_lib.import_bert(str(tmp_path / 'hf'))
   params['block_1']['mlp']['wi']['bias'] = params['block_1']['mlp']['wi']['bias'] + 0.5  # not just a copy back
   params['type_embed'] = params['type_embed'][::-1].copy()
-  assert convert.export_hf(cfg, params, str(tmp_path / 'out')) == 'bert'
+  assert hf_lib.export_hf(cfg, params, str(tmp_path / 'out')) == 'bert'
   reloaded, info = transformers.BertForMaskedLM.from_pretrained(tmp_path / 'out', output_loading_info=True)
   assert not info['missing_keys'] and not info['unexpected_keys'] and not info['mismatched_keys']
   tokens, types = _bert_inputs()
@@ -161,46 +162,46 @@ def test_bert_export_reloads_in_transformers_with_the_same_logits(tmp_path):
   # A scan_layers model stacks the blocks along a leading layer axis: it exports to the same file.
   scanned = {k: v for k, v in params.items() if not k.startswith('block_')}
   scanned['blocks'] = jax.tree.map(lambda *xs: np.stack(xs), *[params[f'block_{i}'] for i in range(cfg.num_layers)])
-  convert.export_hf(dataclasses.replace(cfg, scan_layers=True), scanned, str(tmp_path / 'scanned'))
-  jax.tree.map(np.testing.assert_array_equal, load_file(tmp_path / 'scanned' / convert.WEIGHTS),
-               load_file(tmp_path / 'out' / convert.WEIGHTS))
+  hf_lib.export_hf(dataclasses.replace(cfg, scan_layers=True), scanned, str(tmp_path / 'scanned'))
+  jax.tree.map(np.testing.assert_array_equal, load_file(tmp_path / 'scanned' / hf_lib.WEIGHTS),
+               load_file(tmp_path / 'out' / hf_lib.WEIGHTS))
 
 
 def test_bert_pretraining_checkpoint_imports_without_its_pooler(tmp_path):
   """BertForPreTraining: the pooler and next-sentence head are ignored; old gamma/beta names are read;
   a bare BertModel (no masked-LM head) is a clear error."""
   hf = _hf_bert(tmp_path / 'pt', cls=transformers.BertForPreTraining)
-  weights = load_file(tmp_path / 'pt' / convert.WEIGHTS)
+  weights = load_file(tmp_path / 'pt' / hf_lib.WEIGHTS)
   assert any('pooler' in k for k in weights)
-  cfg, params = convert.import_hf(str(tmp_path / 'pt'))
+  cfg, params = hf_lib.import_hf(str(tmp_path / 'pt'))
   tokens, types = _bert_inputs()
   np.testing.assert_allclose(_lmjax_logits(cfg, params, tokens, types), _bert_logits(hf, tokens, types),
                              atol=1e-4, rtol=0)
   old = {k.replace('LayerNorm.weight', 'LayerNorm.gamma').replace('LayerNorm.bias', 'LayerNorm.beta'): v
          for k, v in weights.items()}
-  save_file(old, tmp_path / 'pt' / convert.WEIGHTS)
-  jax.tree.map(np.testing.assert_array_equal, convert.import_hf(str(tmp_path / 'pt'))[1], params)
+  save_file(old, tmp_path / 'pt' / hf_lib.WEIGHTS)
+  jax.tree.map(np.testing.assert_array_equal, hf_lib.import_hf(str(tmp_path / 'pt'))[1], params)
 
   _hf_bert(tmp_path / 'base', cls=transformers.BertModel)
   with pytest.raises(ValueError, match='no masked-LM head'):
-    convert.import_hf(str(tmp_path / 'base'))
+    hf_lib.import_hf(str(tmp_path / 'base'))
   _hf_bert(tmp_path / 'relu', hidden_act='relu')
   with pytest.raises(ValueError, match="BERT hidden_act='relu' has no lmjax equivalent"):
-    convert.import_hf(str(tmp_path / 'relu'))
+    hf_lib.import_hf(str(tmp_path / 'relu'))
 
 
 def test_export_needs_a_gpt2_or_bert_shaped_model():
-  bert = convert.bert_model_config({'vocab_size': 10, 'hidden_size': 8, 'num_hidden_layers': 1,
+  bert = hf_lib.bert_model_config({'vocab_size': 10, 'hidden_size': 8, 'num_hidden_layers': 1,
                                     'num_attention_heads': 2})
-  assert convert.hf_family(bert) == 'bert'
-  assert convert.hf_family(convert.gpt2_model_config({'vocab_size': 10, 'n_positions': 8, 'n_embd': 8,
+  assert hf_lib.hf_family(bert) == 'bert'
+  assert hf_lib.hf_family(hf_lib.gpt2_model_config({'vocab_size': 10, 'n_positions': 8, 'n_embd': 8,
                                                       'n_layer': 1, 'n_head': 2})) == 'gpt2'
   pre_norm = ModelConfig(**{**bert.__dict__, 'norm_position': 'pre', 'embed_norm': False})  # configs/bert.py:base
   with pytest.raises(ValueError, match=r"^this model matches neither GPT-2 nor BERT: an encoder exports as BERT, "
                                        r"but it has norm_position='pre' \(needs 'post'\), embed_norm=False"):
-    convert.hf_family(pre_norm)
+    hf_lib.hf_family(pre_norm)
   with pytest.raises(ValueError, match=r"positions='rope' \(needs 'learned'\)"):
-    convert.export_gpt2(ModelConfig(vocab_size=10), {}, '/nonexistent')
+    hf_lib.export_gpt2(ModelConfig(vocab_size=10), {}, '/nonexistent')
 
 
 # --- tokenizers -------------------------------------------------------------------------------------------------
@@ -299,7 +300,7 @@ def test_cli_round_trip_gpt2_with_a_sentencepiece_tokenizer(tmp_path):
 
   _, model, params, tokenizer = train.load_for_inference(str(tmp_path / 'run'), objective='clm')
   jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, params),
-               convert.import_gpt2(str(tmp_path / 'hf'))[1])
+               hf_lib.import_gpt2(str(tmp_path / 'hf'))[1])
   prompt = [tokenizer.bos_id] + tokenizer.encode('The for statement')
   ours = np.asarray(sample.generate(model, params, jnp.asarray([prompt]), jax.random.key(0), max_new_tokens=6,
                                     temperature=0.0))
