@@ -1,12 +1,10 @@
 """Classification fine-tuning: reader and its errors, metrics and class weights by hand, the classifier
-(pooling, padding, parameter tree, sharding), best-checkpoint keeping, exact resume, and Shakespeare
-end to end: a pretrained decoder fine-tunes well above chance and beats the same run from random init."""
+(pooling, padding, parameter tree, sharding), best-checkpoint keeping and exact resume (end to end on
+Shakespeare: tests/test_finetune_shakespeare.py)."""
 
-import csv
 import functools
 import json
 import os
-import re
 import subprocess
 import sys
 
@@ -17,24 +15,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import tiny_config, write_pydoc_corpus
-from configs import finetune as finetune_config
+from conftest import REPO, finetune_config, tiny_config, write_csv, write_pydoc_corpus
 from lmjax import finetune, sharding, train
 from lmjax import state as state_lib
 from lmjax.data import labelled
 from lmjax.models import classifier
 from lmjax.models.transformer import ModelConfig, Transformer
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHAKESPEARE = os.path.join(REPO, '..', 'shared', 'data', 'tinyshakespeare.txt')
-
-
-def _write_csv(path, rows, header=('text', 'label')):
-  with open(path, 'w', newline='', encoding='utf-8') as f:
-    writer = csv.writer(f)
-    writer.writerow(header)
-    writer.writerows(rows)
-  return str(path)
 
 
 # --- reading labelled data -----------------------------------------------------------------------------------
@@ -42,7 +28,7 @@ def _write_csv(path, rows, header=('text', 'label')):
 
 def test_csv_and_jsonl_read_alike(tmp_path):
   rows = [('A line,\nwith a quoted newline', 'pos'), ('Another one', 'neg'), ('Third', 'pos')]
-  csv_path = _write_csv(tmp_path / 'd.csv', rows)
+  csv_path = write_csv(tmp_path / 'd.csv', rows)
   jsonl_path = tmp_path / 'd.jsonl'
   jsonl_path.write_text(''.join(json.dumps({'text': t, 'label': l}) + '\n' for t, l in rows), encoding='utf-8')
   from_csv = labelled.read_examples(csv_path)
@@ -85,23 +71,23 @@ def test_batches_are_a_function_of_seed_and_step():
 @pytest.mark.parametrize('case', ['missing file', 'missing column', 'one class', 'unseen label', 'empty text',
                                   'bad json', 'bad weights'])
 def test_bad_input_is_one_line_naming_file_and_fix(tmp_path, case):
-  good = _write_csv(tmp_path / 'train.csv', [('good text', 'a'), ('more text', 'b'), ('and more', 'a')])
+  good = write_csv(tmp_path / 'train.csv', [('good text', 'a'), ('more text', 'b'), ('and more', 'a')])
   path, kwargs = good, {}
   if case == 'missing file':
     path = str(tmp_path / 'nope.csv')
     want = f'finetune.data={path} not found; set --config.finetune.data to a .csv or .jsonl file'
   elif case == 'missing column':
-    path = _write_csv(tmp_path / 'x.csv', [('t', 'a')], header=('text', 'sentiment'))
+    path = write_csv(tmp_path / 'x.csv', [('t', 'a')], header=('text', 'sentiment'))
     want = f"{path} has no column 'label' (columns: text, sentiment); set --config.finetune.label_field"
   elif case == 'one class':
-    path = _write_csv(tmp_path / 'x.csv', [('t', 'a'), ('u', 'a')])
+    path = write_csv(tmp_path / 'x.csv', [('t', 'a'), ('u', 'a')])
     want = f'the training split of {path} has 1 class (a); classification needs examples of at least 2 labels'
   elif case == 'unseen label':
-    val = _write_csv(tmp_path / 'val.csv', [('t', 'a'), ('u', 'c')])
+    val = write_csv(tmp_path / 'val.csv', [('t', 'a'), ('u', 'c')])
     kwargs, want = {'validation': val}, (f"{val}:3 has label 'c', which the training split lacks (a, b); fix that "
                                         'label or add training examples of it')
   elif case == 'empty text':
-    path = _write_csv(tmp_path / 'x.csv', [('t', 'a'), ('  ', 'b')])
+    path = write_csv(tmp_path / 'x.csv', [('t', 'a'), ('  ', 'b')])
     want = f"{path}:3: the 'text' text is empty; fill it in or remove that line"
   elif case == 'bad json':
     path = tmp_path / 'x.jsonl'
@@ -262,18 +248,7 @@ def docs_csv(tmp_path_factory):
         rows.append((para[:300], 'statement' if name in ('assert', 'break', 'continue', 'del', 'for', 'global',
                                                           'if', 'import', 'pass', 'raise', 'return', 'try',
                                                           'while', 'with', 'yield') else 'other'))
-  return _write_csv(tmp_path_factory.mktemp('ft_docs') / 'docs.csv', rows)
-
-
-def _finetune_config(pretrained, data, **overrides):
-  c = finetune_config.get_config()
-  c.train.init_from, c.finetune.data = pretrained, data
-  c.data.seq_len, c.train.batch_size, c.train.max_steps, c.train.log_every = 32, 8, 8, 1
-  c.train.eval_every, c.checkpoint.every, c.checkpoint.keep, c.checkpoint.async_save = 2, 2, 4, False
-  for k, v in overrides.items():
-    section, _, key = k.rpartition('.')
-    setattr(c[section] if section else c, key, v)
-  return c
+  return write_csv(tmp_path_factory.mktemp('ft_docs') / 'docs.csv', rows)
 
 
 _SCRIPT = {2: 0.5, 4: 0.8, 6: 0.6, 8: 0.8}  # validation accuracy by step: the best is step 4 (ties keep the first)
@@ -310,7 +285,7 @@ def _saved_params(directory, step):
 def test_best_checkpoint_is_the_best_validation_step_and_resume_is_exact(pretrained, docs_csv, tmp_path,
                                                                           scripted_validation):
   full = str(tmp_path / 'full')
-  result = finetune.train_and_evaluate(_finetune_config(pretrained, docs_csv), full)
+  result = finetune.train_and_evaluate(finetune_config(pretrained, docs_csv), full)
   best = json.loads(_read(os.path.join(full, 'best.json')))
   assert (best['step'], best['metric'], best['value']) == (4, 'accuracy', 0.8)
   assert os.listdir(os.path.join(full, 'best')) == ['4'] and result['best_step'] == 4
@@ -324,17 +299,17 @@ def test_best_checkpoint_is_the_best_validation_step_and_resume_is_exact(pretrai
   # Stopped at step 3 (between evaluations and checkpoints) and resumed: the same records, best checkpoint
   # and test metrics (batch i is a function of (seed, i); dropout is fold_in(rng, step)).
   resumed = str(tmp_path / 'resumed')
-  assert finetune.train_and_evaluate(_finetune_config(pretrained, docs_csv, **{'train.stop_at': 3}), resumed) == {}
-  assert finetune.train_and_evaluate(_finetune_config(pretrained, docs_csv), resumed) == result
+  assert finetune.train_and_evaluate(finetune_config(pretrained, docs_csv, **{'train.stop_at': 3}), resumed) == {}
+  assert finetune.train_and_evaluate(finetune_config(pretrained, docs_csv), resumed) == result
   assert _records(resumed) == _records(full)
   for name in ('best.json', 'test_metrics.json'):
     assert _read(os.path.join(resumed, name)) == _read(os.path.join(full, name))
 
   # A fine-tuned workdir, or a directory that is no lmjax workdir, is not a starting point.
   with pytest.raises(ValueError, match=r"holds no pretrained lmjax model \(objective 'classify'\); point it at a "):
-    finetune.train_and_evaluate(_finetune_config(full, docs_csv), str(tmp_path / 'again'))
+    finetune.train_and_evaluate(finetune_config(full, docs_csv), str(tmp_path / 'again'))
   with pytest.raises(ValueError) as e:
-    finetune.train_and_evaluate(_finetune_config(str(tmp_path), docs_csv), str(tmp_path / 'again'))
+    finetune.train_and_evaluate(finetune_config(str(tmp_path), docs_csv), str(tmp_path / 'again'))
   assert str(e.value) == (f'train.init_from={tmp_path} is not an lmjax workdir (it needs config.json and a '
                           'tokenizer); point it at the --workdir of a python -m lmjax.main (or lmjax.convert) run')
 
@@ -348,121 +323,3 @@ def test_cli_dispatches_and_fails_in_one_line(tmp_path, docs_csv):
   assert proc.stderr.strip().splitlines()[-1] == (
       'error: train.init_from is empty; set it to the --workdir of an lmjax pretraining run (its tokenizer and '
       'model shapes are used; add --config.finetune.random_init=true to skip its weights)')
-
-
-# --- Shakespeare end to end ----------------------------------------------------------------------------------
-
-
-def _speeches(text):
-  """(speaker, speech, paragraph) for every speech: a 'NAME:' line, then its lines, up to a blank line."""
-  out = []
-  for para in text.split('\n\n'):
-    lines = para.strip('\n').split('\n')
-    if len(lines) >= 2 and re.fullmatch(r"[A-Za-z][A-Za-z' ]*:", lines[0]):
-      out.append((lines[0][:-1], '\n'.join(lines[1:]), para))
-  return out
-
-
-def _plays(speeches):
-  """The speeches of Coriolanus (the file opens with it; Richard III follows, opening with a soliloquy of
-  GLOUCESTER) and of Romeo and Juliet (opening with SAMPSON; 3 Henry VI follows, opening with WARWICK)."""
-  names = [s[0] for s in speeches]
-  romeo = names.index('SAMPSON')
-  return {'coriolanus': speeches[:names.index('GLOUCESTER')],
-          'romeo_juliet': speeches[romeo:names.index('WARWICK', romeo)]}
-
-
-def _shakespeare_task(root, task: str, per_class: int, held_out: int, seed: int = 0):
-  """CSV splits of real Shakespeare speeches (at least 12 words, speaker line dropped), labelled either by
-  play ('source': Coriolanus vs Romeo and Juliet) or by word order ('order': as written vs the same kind of
-  speech with its words shuffled), and a pretraining corpus: the whole text without the held-out speeches."""
-  if not os.path.exists(SHAKESPEARE):
-    pytest.skip(f'{SHAKESPEARE} not found')
-  with open(SHAKESPEARE, encoding='utf-8') as f:
-    text = f.read()
-  rng = np.random.default_rng(seed)
-  long_enough = lambda ss: [s for s in ss if len(s[1].split()) >= 12]
-  if task == 'source':
-    groups = {k: long_enough(v) for k, v in _plays(_speeches(text)).items()}
-  else:
-    pool_ = long_enough(_speeches(text))
-    pool_ = [pool_[i] for i in rng.permutation(len(pool_))[:2 * per_class]]
-    groups = {'original': pool_[:per_class], 'shuffled': pool_[per_class:]}
-  splits, held = {'train': [], 'validation': [], 'test': []}, set()
-  for label, speeches in groups.items():
-    chosen = [speeches[i] for i in rng.permutation(len(speeches))[:per_class]]
-    for i, (_, speech, para) in enumerate(chosen):
-      if label == 'shuffled':
-        words = speech.split()
-        speech = ' '.join(words[j] for j in rng.permutation(len(words)))
-      elif task == 'order':
-        speech = ' '.join(speech.split())  # both labels as one line of words: only the order differs
-      split = 'test' if i < held_out else 'validation' if i < held_out + held_out // 2 else 'train'
-      splits[split].append((speech, label))
-      if split != 'train':
-        held.add(para)
-  paths = {k: _write_csv(root / f'{k}.csv', rows) for k, rows in splits.items()}
-  corpus = root / 'corpus.txt'
-  corpus.write_text('\n\n'.join(p for p in text.split('\n\n') if p not in held), encoding='utf-8')
-  return paths, str(corpus)
-
-
-def _pretrain(corpus, workdir, steps: int, dim: int, objective: str = 'clm'):
-  config = tiny_config(corpus, **{'objective': objective, 'data.vocab_size': 512, 'data.seq_len': 64,
-                                  'model.num_layers': 2, 'model.embed_dim': dim, 'model.num_heads': 4,
-                                  'model.mlp_dim': 4 * dim, 'train.batch_size': 16 if dim <= 64 else 32,
-                                  'train.max_steps': steps, 'train.log_every': 50, 'train.eval_every': steps,
-                                  'train.eval_batches': 4, 'checkpoint.every': steps, 'optim.warmup_steps': 50,
-                                  'optim.learning_rate': 3e-3})
-  train.train_and_evaluate(config, workdir)
-  return workdir
-
-
-def _finetune(pretrained, paths, workdir, steps: int, **overrides):
-  config = _finetune_config(pretrained, paths['train'], **{
-      'finetune.validation': paths['validation'], 'finetune.test': paths['test'], 'data.seq_len': 64,
-      'train.batch_size': 16, 'train.max_steps': steps, 'train.log_every': 50, 'train.eval_every': 50,
-      'checkpoint.every': steps, 'optim.learning_rate': 1e-3, 'optim.warmup_steps': 10, **overrides})
-  return finetune.train_and_evaluate(config, workdir)
-
-
-def _accuracies(pretrained, paths, root, steps, runs):
-  """Test accuracy of the best checkpoint of each run: name -> (pooling, random_init)."""
-  return {name: _finetune(pretrained, paths, str(root / f'finetune_{name}'), steps, **{
-      'finetune.pooling': pooling, 'finetune.random_init': random_init})['test_accuracy']
-          for name, (pooling, random_init) in runs.items()}
-
-
-@pytest.mark.parametrize('pooling', ['auto', pytest.param('mean', marks=pytest.mark.slow)])
-def test_pretrained_decoder_beats_random_init(tmp_path, pooling):
-  """Real Shakespeare speeches as written vs with their words shuffled (200 held-out test speeches, balanced;
-  none of the held-out ones in the pretraining text). A bag of words cannot tell them apart; a decoder
-  pretrained for 300 steps on the rest of the text can. Measured on a 2-core CPU with data seeds 0, 1, 2:
-  last token (the default) 0.70, 0.70, 0.705 vs 0.60, 0.585, 0.59 from random init; mean of the tokens
-  0.88, 0.895, 0.835 vs 0.63, 0.645, 0.75. This test uses seed 0."""
-  paths, corpus = _shakespeare_task(tmp_path, 'order', per_class=300, held_out=100)
-  pretrained = _pretrain(corpus, str(tmp_path / 'pretrained'), steps=300, dim=64)
-  acc = _accuracies(pretrained, paths, tmp_path, 150, {'pretrained': (pooling, False), 'random': (pooling, True)})
-  assert acc['pretrained'] >= {'auto': 0.65, 'mean': 0.78}[pooling], acc
-  assert acc['pretrained'] >= acc['random'] + 0.05, acc
-
-
-@pytest.mark.slow
-def test_play_of_a_speech_from_a_pretrained_decoder(tmp_path):
-  """Coriolanus vs Romeo and Juliet (200 held-out test speeches, balanced), from a 2x128 decoder pretrained for
-  1,500 steps on the rest of the text: well above chance with either pooling. Random init comes close here
-  (measured: mean 0.72 vs 0.675, last 0.71 vs 0.695), so only chance is the bar."""
-  paths, corpus = _shakespeare_task(tmp_path, 'source', per_class=400, held_out=100)
-  pretrained = _pretrain(corpus, str(tmp_path / 'pretrained'), steps=1500, dim=128)
-  acc = _accuracies(pretrained, paths, tmp_path, 200, {'last': ('auto', False), 'mean': ('mean', False)})
-  assert min(acc.values()) >= 0.65, acc
-
-
-@pytest.mark.slow
-def test_pretrained_encoder_beats_random_init(tmp_path):
-  """The word-order task from a masked-LM encoder, classifying from its first token (bos/CLS). Random init
-  stays at chance (its attention starts order-blind); measured 0.70 vs 0.49."""
-  paths, corpus = _shakespeare_task(tmp_path, 'order', per_class=300, held_out=100)
-  pretrained = _pretrain(corpus, str(tmp_path / 'pretrained'), steps=500, dim=64, objective='mlm')
-  acc = _accuracies(pretrained, paths, tmp_path, 200, {'first': ('auto', False), 'first_random': ('auto', True)})
-  assert acc['first'] >= 0.62 and acc['first'] >= acc['first_random'] + 0.08, acc

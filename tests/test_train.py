@@ -74,7 +74,8 @@ def test_mlm_learns_beyond_the_unigram_baseline(corpus, tmp_path):
   assert np.mean([losses[s] for s in range(291, 301)]) < losses[1] - 1.0
 
 
-@pytest.mark.parametrize('objective', ['clm', 'mlm'])
+# clm is in the slow suite: tests/test_resume.py kills and resumes a clm run bitwise by default.
+@pytest.mark.parametrize('objective', [pytest.param('clm', marks=pytest.mark.slow), 'mlm'])
 def test_resume_reproduces_uninterrupted_run(corpus, tmp_path, objective):
   """Train 6 steps; drop the step-6 checkpoint; rerun: resumes at 3 and lands on the same params.
 
