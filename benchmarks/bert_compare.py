@@ -93,9 +93,7 @@ class HFBert:
     inputs, labels = self._masked(it)
     loss = self.model(input_ids=inputs, labels=labels).loss
     loss.backward()
-    self.torch.nn.utils.clip_grad_norm_(self.model.parameters(), OPTIM['clip'])
-    self.optimizer.step()
-    self.optimizer.zero_grad(set_to_none=True)
+    interleave.torch_update(self.model, self.optimizer, OPTIM['clip'])
     return loss
 
   def finish(self, loss) -> float:

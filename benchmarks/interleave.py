@@ -139,6 +139,14 @@ def compare(targets: dict[str, str], spec: dict, *, iters: int, chunk: int, eval
   return results
 
 
+def torch_update(model, optimizer, clip: float):
+  """The end of a PyTorch runner's iteration, as nanoGPT and HF Trainer do it: clip, step, drop the grads."""
+  import torch  # pylint: disable=g-import-not-at-top  (only the PyTorch workers need it)
+  torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+  optimizer.step()
+  optimizer.zero_grad(set_to_none=True)
+
+
 def load_note(results: dict) -> str:
   """One line on the machine's load during the run: other processes' work slows both sides unevenly."""
   load = results['_load']

@@ -135,9 +135,7 @@ class NanoGPT:
     for micro in np.split(self.data.train(it), accum):
       _, loss = self.forward(*self._xy(micro))
       (loss / accum).backward()
-    self.torch.nn.utils.clip_grad_norm_(self.model.parameters(), OPTIM['grad_clip'])
-    self.optimizer.step()
-    self.optimizer.zero_grad(set_to_none=True)
+    interleave.torch_update(self.model, self.optimizer, OPTIM['grad_clip'])
     return loss
 
   def finish(self, loss) -> float:
