@@ -147,6 +147,9 @@ class LmjaxMlm:
     self.state, metrics = self.train_fn(self.state, self._batch(it), self.rng)
     return metrics['loss']
 
+  def wait(self, loss):
+    self.jax.block_until_ready(loss)
+
   def finish(self, loss) -> float:
     loss_sum, count = self.jax.device_get(loss)
     return float(loss_sum / count)

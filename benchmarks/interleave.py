@@ -10,7 +10,8 @@ evaluation and each runner's ``warm_up`` (compilation).
 A runner is a class ``Runner(spec)`` named ``'module:Class'`` (importable in a
 fresh process) with ``warm_up()``, ``train(it) -> handle`` (may be
 asynchronous), ``finish(handle) -> loss`` (waits for the device) and
-``evaluate() -> loss``.
+``evaluate() -> loss``; optionally ``wait(handle)``, called on step ``it - 1``'s
+handle once step ``it`` is dispatched.
 """
 
 from __future__ import annotations
@@ -35,8 +36,12 @@ def _worker(target: str, spec: dict, conn):
     if message[0] == 'train':
       _, first, count = message
       start = time.perf_counter()
+      wait, previous = getattr(runner, 'wait', None), None
       for it in range(first, first + count):
         handle = runner.train(it)
+        if wait and previous is not None:
+          wait(previous)  # one step queued at most, as lmjax.train's loop (deeper queues can deadlock XLA:CPU)
+        previous = handle
       loss = runner.finish(handle)  # the chunk's time includes waiting for its last step
       conn.send((time.perf_counter() - start, loss))
     elif message[0] == 'eval':

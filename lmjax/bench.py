@@ -33,7 +33,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from lmjax import metrics as metrics_lib
-from lmjax import objectives, sharding, steps, train
+from lmjax import objectives, sharding, train
 from lmjax import state as state_lib
 from lmjax.models.transformer import ModelConfig, Transformer
 
@@ -76,15 +76,7 @@ def build(config: ml_collections.ConfigDict, vocab: int, *, devices=None) -> Set
   state, _, shardings = state_lib.create(model, tx, example_BL, mesh, jax.random.key(config.seed))
   loss_fn = functools.partial(
       objectives.loss_fn(config.objective, train.masking(config, _stub_tokenizer(vocab))), model.apply)
-  batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-  # Keep in step with train._train's jit call (shardings, donation).
-  train_fn = jax.jit(
-      functools.partial(steps.train_step, loss_fn=loss_fn, tx=tx, grad_accum_steps=config.train.grad_accum_steps),
-      in_shardings=(shardings, batch_sharding, replicated), out_shardings=(shardings, replicated),
-      donate_argnums=0)
-  eval_fn = jax.jit(functools.partial(steps.eval_step, loss_fn=loss_fn),
-                    in_shardings=(shardings.params, batch_sharding, replicated, replicated),
-                    out_shardings=replicated)
+  train_fn, eval_fn = train.jit_steps(config, loss_fn, tx, shardings, mesh)
   return Setup(model_cfg, model, mesh, state, train_fn, eval_fn, schedule)
 
 

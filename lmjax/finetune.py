@@ -303,11 +303,13 @@ class _Run:
     self.nonfinite_before = int(jax.device_get(optim.nonfinite_count(self.state.opt_state)))
     throughput, bar = metrics_lib.Throughput(self.start_step), metrics_lib.progress_bar(
         self.start_step, cfg.max_steps, is_main)
+    queue = train.OneStepAhead()
     try:
       with sharding.activate(self.mesh):
         for step in range(self.start_step + 1, cfg.max_steps + 1):
           host = labelled.train_batch(self.data['train'], step - 1, cfg.batch_size, self.config.seed, self._rows())
           self.state, metrics = self.train_fn(self.state, sharding.host_to_global(host, self.mesh), rng)
+          queue.push(metrics)
           bar.update(1)
           scalars = {}
           if step % cfg.log_every == 0 or step == cfg.max_steps:

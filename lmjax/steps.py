@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from typing import Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from jax.flatten_util import ravel_pytree
+from jax.sharding import PartitionSpec as P
 
 from lmjax import optim
+from lmjax.sharding import BATCH_AXES
 from lmjax.state import TrainState
 
 
@@ -50,11 +54,40 @@ def _grads_and_metrics(loss_fn: Callable, params, batch, rng, grad_accum_steps: 
   return jax.tree.map(lambda g: g / grad_accum_steps, grads), metrics
 
 
+def _per_device_grads_and_metrics(loss_fn: Callable, params, batch, rng, grad_accum_steps: int):
+  """``_grads_and_metrics`` computed by each device on its rows, then summed in one flat all-reduce.
+
+  For a data-parallel mesh (replicated parameters) and a step that draws no random
+  numbers (the devices would draw from the same key). Each device's mean-loss gradient
+  is weighted by its target-token count, so the sum is the gradient of the global mean
+  loss, as XLA's partitioner computes it. The difference is the all-reduce: XLA
+  combines the gradients into one all-reduce of one buffer per parameter, and XLA:CPU
+  meets the other devices once per buffer (about 50 rendezvous a step at nanoGPT's CPU
+  shapes, 10% of the step); one raveled buffer meets once (docs/perf_notes.md).
+  """
+  def local(params, batch):
+    with nn.logical_axis_rules(()):  # inside shard_map activations are per device already
+      grads, metrics = _grads_and_metrics(loss_fn, params, batch, rng, grad_accum_steps)
+    count = metrics['loss'][1]
+    flat, unravel = ravel_pytree((jax.tree.map(lambda g: g * count, grads), metrics))
+    grad_sums, metrics = unravel(jax.lax.psum(flat, BATCH_AXES))
+    total = jnp.maximum(metrics['loss'][1], 1.0)
+    return jax.tree.map(lambda g: g / total, grad_sums), metrics
+
+  # check_vma=False: with it, autodiff would already psum each parameter's gradient (the
+  # parameters are replicated), one buffer at a time, which is what this avoids.
+  return jax.shard_map(local, in_specs=(P(), P(BATCH_AXES)), out_specs=(P(), P()), check_vma=False)(params, batch)
+
+
 def train_step(state: TrainState, batch, rng, *, loss_fn: Callable, tx: optax.GradientTransformation,
-               grad_accum_steps: int = 1):
-  """One optimizer update. Randomness is ``fold_in(rng, step)``: a resumed run draws the same."""
+               grad_accum_steps: int = 1, per_device_grads: bool = False):
+  """One optimizer update. Randomness is ``fold_in(rng, step)``: a resumed run draws the same.
+
+  ``per_device_grads``: see ``_per_device_grads_and_metrics`` (needs the mesh in context, ``jax.set_mesh``).
+  """
   step_rng = jax.random.fold_in(rng, state.step)
-  grads, metrics = _grads_and_metrics(loss_fn, state.params, batch, step_rng, grad_accum_steps)
+  grads_fn = _per_device_grads_and_metrics if per_device_grads else _grads_and_metrics
+  grads, metrics = grads_fn(loss_fn, state.params, batch, step_rng, grad_accum_steps)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   one = jnp.ones((), jnp.float32)

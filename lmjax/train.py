@@ -276,15 +276,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint_lib
     return {}
 
   loss_fn = functools.partial(objectives.loss_fn(config.objective, masking(config, tokenizer)), model.apply)
-  batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-  train_fn = jax.jit(
-      functools.partial(steps.train_step, loss_fn=loss_fn, tx=tx,
-                        grad_accum_steps=config.train.grad_accum_steps),
-      in_shardings=(shardings, batch_sharding, replicated), out_shardings=(shardings, replicated),
-      donate_argnums=0)
-  eval_fn = jax.jit(functools.partial(steps.eval_step, loss_fn=loss_fn),
-                    in_shardings=(shardings.params, batch_sharding, replicated, replicated),
-                    out_shardings=replicated)
+  train_fn, eval_fn = jit_steps(config, loss_fn, tx, shardings, mesh)
 
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main, resume_step=start_step)
   flops_per_token = model_cfg.flops_per_token(config.data.seq_len, predicted_fraction(config))
@@ -336,6 +328,53 @@ def _global_eval_batches(config, val_records, row_len: int, mesh) -> list[dict[s
   return [sharding.host_to_global(b, mesh) for b in batches]
 
 
+def per_device_grads(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> bool:
+  """Whether the train step sums the devices' gradients in one flat all-reduce
+  (``steps._per_device_grads_and_metrics``): on CPU, for a data-parallel mesh, when the
+  step draws no random numbers (next-token loss without dropout), and each device's rows
+  split into the micro-batches."""
+  dp = sharding.data_parallel_size(mesh)
+  return (mesh.devices.flat[0].platform == 'cpu' and dp > 1 and dp == mesh.size
+          and config.objective == 'clm' and config.model.dropout_rate == 0
+          and config.train.batch_size % (dp * config.train.grad_accum_steps) == 0)
+
+
+def jit_steps(config: ml_collections.ConfigDict, loss_fn, tx, shardings, mesh: jax.sharding.Mesh):
+  """(train_fn, eval_fn): ``steps.train_step`` and ``steps.eval_step`` jitted with the state's
+  shardings, the batch split over the data-parallel axes, and the state donated."""
+  batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+  train_fn = jax.jit(
+      functools.partial(steps.train_step, loss_fn=loss_fn, tx=tx, grad_accum_steps=config.train.grad_accum_steps,
+                        per_device_grads=per_device_grads(config, mesh)),
+      in_shardings=(shardings, batch_sharding, replicated), out_shardings=(shardings, replicated),
+      donate_argnums=0)
+  eval_fn = jax.jit(functools.partial(steps.eval_step, loss_fn=loss_fn),
+                    in_shardings=(shardings.params, batch_sharding, replicated, replicated),
+                    out_shardings=replicated)
+  return train_fn, eval_fn
+
+
+class OneStepAhead:
+  """Lets the host run one training step ahead of the device, not more.
+
+  ``push(outputs)`` right after dispatching step t waits for step t-1's outputs: one
+  step stays queued behind the running one, which keeps the device busy. Deeper
+  queues can deadlock XLA:CPU: its devices run their programs on one shared thread
+  pool, and with several steps queued the pool's threads can all hold programs whose
+  all-reduce waits for a device program that no free thread is left to run; the
+  process aborts at XLA's 40 s rendezvous timeout (2 CPU devices, 100 back-to-back
+  steps: 1 run in 6 aborted; one step ahead: 0 in 10; docs/perf_notes.md).
+  """
+
+  def __init__(self):
+    self._previous = None
+
+  def push(self, outputs):
+    if self._previous is not None:
+      jax.block_until_ready(self._previous)
+    self._previous = outputs
+
+
 @dataclasses.dataclass
 class _Loop:
   """The step loop: dispatch step t, then read step t-1's metrics so the host never stalls the device."""
@@ -361,7 +400,7 @@ class _Loop:
     tokens_per_step = cfg.batch_size * self.config.data.seq_len
     throughput = metrics_lib.Throughput(start_step)
     bar = metrics_lib.progress_bar(start_step, cfg.max_steps, self.is_main)
-    pending, last_eval = None, {}
+    pending, last_eval, queue = None, {}, OneStepAhead()
     self._nonfinite_before = int(jax.device_get(optim.nonfinite_count(self.state.opt_state)))
     self._tracing = False
     with sharding.activate(self.mesh), _StopRequest() as stop:
@@ -369,6 +408,7 @@ class _Loop:
         self._profile(step)
         batch = sharding.host_to_global(next(self.train_iter), self.mesh)
         self.state, metrics = self.train_fn(self.state, batch, rng)
+        queue.push(metrics)
         if pending is not None:
           self._write(*self._train_scalars(*pending, throughput, tokens_per_step), bar)
           pending = None

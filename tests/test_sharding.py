@@ -42,18 +42,20 @@ def _batches(objective, n=5, batch=8):
   return out
 
 
-def _train(mesh, objective, steps_=5, model=None):
+def _train(mesh, objective, steps_=5, model=None, **step_kw):
   """Five jitted steps with the shardings train.py uses; returns (losses, params on host)."""
   model = model or _model(objective)
   tx = _tx()
   example = jnp.zeros((1, 16), jnp.int32)
   state, _, shardings = state_lib.create(model, tx, example, mesh, jax.random.key(0))
   loss_fn = functools.partial(objectives.loss_fn(objective, MASKING), model.apply)
-  step = jax.jit(functools.partial(steps.train_step, loss_fn=loss_fn, tx=tx),
+  step = jax.jit(functools.partial(steps.train_step, loss_fn=loss_fn, tx=tx, **step_kw),
                  in_shardings=(shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
                  out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
   losses = []
   with sharding.activate(mesh):
+    hlo = step.lower(state, sharding.host_to_global(_batches(objective, 1)[0], mesh), jax.random.key(1))
+    _train.all_reduces = hlo.compile().as_text().count(' all-reduce(')
     for batch in _batches(objective, steps_):
       state, metrics = step(state, sharding.host_to_global(batch, mesh), jax.random.key(1))
       losses.append(float(metrics['loss'][0] / metrics['loss'][1]))
@@ -85,6 +87,19 @@ def test_mesh_matches_one_device(single_device, mesh_shape, objective):
   assert len(jax.devices()) == 8
   losses, params = _train(sharding.make_mesh(**mesh_shape), objective)
   want_losses, want_params = single_device[objective]
+  np.testing.assert_allclose(losses, want_losses, rtol=2e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), params, want_params)
+
+
+@pytest.mark.parametrize('grad_accum_steps', [1, 2])
+def test_per_device_grads_match_one_device(single_device, grad_accum_steps):
+  """Data parallel with the devices' gradients summed in one flat all-reduce (lmjax.train uses it on
+  CPU): the same training as one device, and one all-reduce in the step, not one per parameter."""
+  mesh = sharding.make_mesh(data=8 // grad_accum_steps, fsdp=1, tensor=1,
+                            devices=jax.devices()[:8 // grad_accum_steps])  # 1 or 2 rows per device
+  losses, params = _train(mesh, 'clm', per_device_grads=True, grad_accum_steps=grad_accum_steps)
+  assert _train.all_reduces == 1
+  want_losses, want_params = single_device['clm']
   np.testing.assert_allclose(losses, want_losses, rtol=2e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), params, want_params)
 

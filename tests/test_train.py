@@ -101,6 +101,33 @@ def test_profile_window_writes_a_trace(corpus, tmp_path):
   assert len(traces) == 1
 
 
+def test_loop_queues_at_most_one_step(corpus, tmp_path, monkeypatch):
+  """The host may run one step ahead of the device, never more (deeper queues can deadlock
+  XLA:CPU's devices: lmjax.train._Loop). A model slow enough that an unbounded host gets ahead."""
+  queued = []  # at each dispatch: earlier steps' metrics not yet computed, the last one excepted
+  outputs = []
+
+  class Watched(train._Loop):  # pylint: disable=protected-access
+    def __init__(self, *args):
+      super().__init__(*args)
+      step = self.train_fn
+
+      def watched(*args):
+        queued.append(sum(not leaf.is_ready() for out in outputs[:-1] for leaf in jax.tree.leaves(out)))
+        state, metrics = step(*args)
+        outputs.append(metrics)
+        return state, metrics
+      self.train_fn = watched
+
+  monkeypatch.setattr(train, '_Loop', Watched)
+  train.train_and_evaluate(tiny_config(corpus, **{'train.max_steps': 6, 'train.log_every': 6,
+                                                  'train.eval_every': 6, 'checkpoint.every': 6,
+                                                  'model.num_layers': 1, 'model.embed_dim': 256,
+                                                  'model.mlp_dim': 1024, 'model.num_heads': 4,
+                                                  'data.seq_len': 128}), str(tmp_path))
+  assert len(queued) == 6 and max(queued) == 0, queued
+
+
 def test_grad_accumulation_matches_full_batch(corpus, tmp_path):
   a = train.train_and_evaluate(tiny_config(corpus, **{'train.max_steps': 3}), str(tmp_path / 'a'))
   b = train.train_and_evaluate(tiny_config(corpus, **{'train.max_steps': 3, 'train.grad_accum_steps': 2}),
