@@ -36,6 +36,9 @@ VARIANTS = {
     'lmjax': 'every speed change on (as shipped)',
     'one_cpu_device': 'mesh.cpu_devices=1: one JAX device whose ops use both cores (no per-core data parallel)',
     'einsum_linear': 'Linear as jnp.einsum over 3-D operands, not one 2-D matmul',
+    'eigen_weight_grads': "Linear's weight gradient as XLA folds it (an Eigen dot), not layers._cpu_matmul's",
+    'xla_grad_allreduce': "gradients all-reduced as XLA's partitioner does (one buffer per parameter), not "
+                          'summed per device in one flat all-reduce (train.per_device_grads)',
     'jax_gelu': 'exact GELU through jax.nn.gelu (erfc), not erf',
     'full_attention': "attention_impl='xla': the full L x L causal scores (no key-block skipping)",
     'full_mlm_head': 'masked-LM output head at every position, not only the selected ones',
@@ -73,8 +76,13 @@ def _patch(variant: str):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from lmjax import objectives  # pylint: disable=g-import-not-at-top
   from lmjax.models import layers  # pylint: disable=g-import-not-at-top
+  from lmjax import train  # pylint: disable=g-import-not-at-top
   if variant == 'einsum_linear':
     layers._flat_matmul = jnp.einsum  # pylint: disable=protected-access
+  elif variant == 'eigen_weight_grads':
+    layers._cpu_matmul = jnp.matmul  # pylint: disable=protected-access
+  elif variant == 'xla_grad_allreduce':
+    train.per_device_grads = lambda config, mesh: False
   elif variant == 'jax_gelu':
     layers.gelu = lambda x, approximate: nn.gelu(x, approximate=approximate)
   elif variant in PROBES:
@@ -136,6 +144,7 @@ def main(argv):
   del argv
   shape = SHAPES[_SHAPES.value]
   applies = {'full_attention': shape['objective'] == 'clm', 'full_mlm_head': shape['objective'] == 'mlm',
+             'xla_grad_allreduce': shape['objective'] == 'clm',
              'no_accum': shape['accum'] > 1}
   variants = _VARIANTS.value or [v for v in VARIANTS if applies.get(v, True) and v not in PROBES]
   best = {}

@@ -148,6 +148,13 @@ def test_flat_matmul_is_the_einsum():
     x, kernel = rng.normal(size=x_shape).astype(np.float32), rng.normal(size=k_shape).astype(np.float32)
     np.testing.assert_allclose(layers._flat_matmul(equation, x, kernel), np.einsum(equation, x, kernel),
                                rtol=1e-5, atol=1e-5)
+    # Its gradients too (on CPU the weight gradient is a custom backward pass: layers._cpu_matmul).
+    cotangent = rng.normal(size=np.einsum(equation, x, kernel).shape).astype(np.float32)
+    def pullback(f):
+      return jax.vjp(f, x, kernel)[1](cotangent)
+    got = jax.jit(lambda: pullback(functools.partial(layers._flat_matmul, equation)))()
+    want = pullback(functools.partial(jnp.einsum, equation))
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-5), got, want)
 
 
 def test_exact_gelu_matches_jax():
