@@ -151,18 +151,19 @@ def main(argv):
   for round_ in range(_ROUNDS.value):
     for variant in variants if round_ % 2 == 0 else variants[::-1]:
       r = measure(shape, variant, _STEPS.value)
-      print(f"round {round_}: {variant:16s} {1e3 * r['step_time_s']:8.1f} ms/step", flush=True)
+      print(f"round {round_}: {variant:18s} {1e3 * r['step_time_s']:8.1f} ms/step", flush=True)
       if variant not in best or r['step_time_s'] < best[variant]['step_time_s']:
         best[variant] = r
   base = best.get('lmjax')
   print(f"\n{_SHAPES.value}: {shape}")
-  print(f"| {'variant':16s} | {'ms/step':>8s} | {'tokens/s':>9s} | {'MFU':>6s} | {'vs lmjax':>8s} | what it turns off")
-  print(f"|{'-' * 18}|{'-' * 10}|{'-' * 11}|{'-' * 8}|{'-' * 10}|{'-' * 20}")
+  w = max(map(len, variants))
+  print(f"| {'variant':{w}s} | {'ms/step':>8s} | {'tokens/s':>9s} | {'MFU':>6s} | {'vs lmjax':>8s} | what it turns off")
+  print(f"|{'-' * (w + 2)}|{'-' * 10}|{'-' * 11}|{'-' * 8}|{'-' * 10}|{'-' * 20}")
   for variant in variants:
     r = best[variant]
     ratio = f"{r['step_time_s'] / base['step_time_s']:.2f}x" if base else ''
     mfu = f"{100 * r['mfu']:.1f}%" if r['mfu'] else 'n/a'
-    print(f"| {variant:16s} | {1e3 * r['step_time_s']:8.1f} | {r['tokens_per_sec']:9,.0f} | {mfu:>6s} | {ratio:>8s} | "
+    print(f"| {variant:{w}s} | {1e3 * r['step_time_s']:8.1f} | {r['tokens_per_sec']:9,.0f} | {mfu:>6s} | {ratio:>8s} | "
           f"{VARIANTS[variant]}")
   print('(vs lmjax: the variant\'s step time over lmjax\'s; above 1x, the change it turns off speeds lmjax up)')
   path = _JSON.value or os.path.join(REPO, 'benchmarks', 'results', f'ablations_{_SHAPES.value}.json')
