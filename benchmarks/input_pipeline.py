@@ -6,13 +6,12 @@ Measures, in one process on this machine:
 - pipeline tokens/s: the training iterator exactly as ``lmjax.train`` builds it (raw text
   tokenized on the fly; and, with ``--prepared``, a corpus from ``python -m lmjax.data.prepare``),
   batches pulled on the host with nothing else running;
-- model tokens/s: jitted training steps of the same config on the default devices.
+- model tokens/s: the same config's training step on the devices training would use (``lmjax.bench``).
 The ratio pipeline/model must stay well above 1 (the pipeline also runs while the device works).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -46,48 +45,21 @@ def pipeline_tokens_per_sec(config, workdir: str, batches: int) -> float:
   return batches * config.train.batch_size * config.data.seq_len / (time.perf_counter() - start)
 
 
-def model_tokens_per_sec(config, workdir: str, steps_to_time: int) -> float:
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from lmjax import objectives, sharding, steps, train  # pylint: disable=g-import-not-at-top
-  from lmjax import state as state_lib  # pylint: disable=g-import-not-at-top
-  from lmjax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
-  from lmjax.models.transformer import Transformer  # pylint: disable=g-import-not-at-top
-  tokenizer = tokenizer_lib.Tokenizer(os.path.join(workdir, train.TOKENIZER_FILE))
-  model = Transformer(train.model_config(config, tokenizer.vocab_size))
-  tx, _ = train.make_optimizer(config)
-  mesh = sharding.make_mesh(**config.mesh.to_dict())
-  state, _, shardings = state_lib.create(model, tx, jnp.zeros((1, config.data.seq_len), jnp.int32), mesh,
-                                         jax.random.key(0))
-  loss_fn = functools.partial(objectives.loss_fn(config.objective, train.masking(config, tokenizer)), model.apply)
-  step_fn = jax.jit(functools.partial(steps.train_step, loss_fn=loss_fn, tx=tx), donate_argnums=0)
-  row_len = objectives.row_len(config.objective, config.data.seq_len)
-  tokens = np.random.default_rng(0).integers(5, tokenizer.vocab_size, (config.train.batch_size, row_len))
-  batch = sharding.host_to_global({'tokens': tokens.astype(np.int32),
-                                   'segment_ids': np.ones_like(tokens, np.int32),
-                                   'positions': np.broadcast_to(np.arange(row_len, dtype=np.int32),
-                                                                tokens.shape).copy()}, mesh)
-  rng = jax.random.key(0)
-  with sharding.activate(mesh):
-    for _ in range(2):
-      state, _ = step_fn(state, batch, rng)
-    jax.block_until_ready(state)
-    start = time.perf_counter()
-    for _ in range(steps_to_time):
-      state, _ = step_fn(state, batch, rng)
-    jax.block_until_ready(state)
-  del shardings
-  return steps_to_time * config.train.batch_size * config.data.seq_len / (time.perf_counter() - start)
+def model_tokens_per_sec(config, steps_to_time: int) -> float:
+  """The training step as ``lmjax.train`` builds it, timed by ``lmjax.bench`` (random tokens)."""
+  from lmjax import bench  # pylint: disable=g-import-not-at-top
+  return bench.run(config, steps_=steps_to_time, warmup=2)['tokens_per_sec']
 
 
 def main(argv):
   del argv
   config = _CONFIG.value
+  from lmjax import sharding  # pylint: disable=g-import-not-at-top
+  sharding.split_cpu_for(config)  # as lmjax.main does: before JAX starts
   results = {}
   with tempfile.TemporaryDirectory() as workdir:
     results['pipeline_text_tokens_per_sec'] = pipeline_tokens_per_sec(config, workdir, _BATCHES.value)
-    results['model_tokens_per_sec'] = model_tokens_per_sec(config, workdir, _STEPS.value)
+  results['model_tokens_per_sec'] = model_tokens_per_sec(config, _STEPS.value)
   if _PREPARED.value:
     prepared = config.copy_and_resolve_references()
     prepared.data.source, prepared.data.paths = 'prepared', _PREPARED.value

@@ -155,8 +155,9 @@ class NanoGPT:
 
 def lmjax_config(spec: dict):
   """configs/gpt.py with nanoGPT's block (learned positions, LayerNorm eps 1e-5, exact GELU, no linear-layer
-  biases (lmjax's LayerNorms keep theirs; nanoGPT's bias=False drops them), tied embeddings) and its optimizer: AdamW(0.9, 0.99), weight decay 0.1 on every matrix including the
-  embeddings, clip 1.0, warmup 100 then cosine to lr/10."""
+  biases, tied embeddings; lmjax's LayerNorms keep their biases, nanoGPT's bias=False drops them) and its
+  optimizer: AdamW(0.9, 0.99), weight decay 0.1 on every matrix including the embeddings, clip 1.0, warmup
+  100 then cosine to lr/10."""
   from configs import gpt  # pylint: disable=g-import-not-at-top
   c = gpt.get_config('tiny')
   m = c.model

@@ -43,7 +43,8 @@ def _batches(objective, n=5, batch=8):
 
 
 def _train(mesh, objective, steps_=5, model=None, **step_kw):
-  """Five jitted steps with the shardings train.py uses; returns (losses, params on host)."""
+  """Five jitted steps with the shardings train.py uses; returns (losses, params on host, all-reduces in the
+  compiled step)."""
   model = model or _model(objective)
   tx = _tx()
   example = jnp.zeros((1, 16), jnp.int32)
@@ -53,13 +54,13 @@ def _train(mesh, objective, steps_=5, model=None, **step_kw):
                  in_shardings=(shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
                  out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
   losses = []
+  batches = [sharding.host_to_global(b, mesh) for b in _batches(objective, steps_)]
   with sharding.activate(mesh):
-    hlo = step.lower(state, sharding.host_to_global(_batches(objective, 1)[0], mesh), jax.random.key(1))
-    _train.all_reduces = hlo.compile().as_text().count(' all-reduce(')
-    for batch in _batches(objective, steps_):
-      state, metrics = step(state, sharding.host_to_global(batch, mesh), jax.random.key(1))
+    compiled = step.lower(state, batches[0], jax.random.key(1)).compile()
+    for batch in batches:
+      state, metrics = compiled(state, batch, jax.random.key(1))
       losses.append(float(metrics['loss'][0] / metrics['loss'][1]))
-  return losses, jax.device_get(state.params)
+  return losses, jax.device_get(state.params), compiled.as_text().count(' all-reduce(')
 
 
 MESHES = [dict(data=8), dict(data=1, fsdp=8), dict(data=2, fsdp=2, tensor=2), dict(data=4, tensor=2)]
@@ -68,7 +69,7 @@ MESHES = [dict(data=8), dict(data=1, fsdp=8), dict(data=2, fsdp=2, tensor=2), di
 @pytest.fixture(scope='module')
 def single_device():
   one = sharding.make_mesh(devices=jax.devices()[:1])
-  return {obj: _train(one, obj) for obj in ('clm', 'mlm')}
+  return {obj: _train(one, obj)[:2] for obj in ('clm', 'mlm')}
 
 
 def _mesh_cases():
@@ -85,7 +86,7 @@ def _mesh_cases():
 @pytest.mark.parametrize('mesh_shape,objective', _mesh_cases())
 def test_mesh_matches_one_device(single_device, mesh_shape, objective):
   assert len(jax.devices()) == 8
-  losses, params = _train(sharding.make_mesh(**mesh_shape), objective)
+  losses, params, _ = _train(sharding.make_mesh(**mesh_shape), objective)
   want_losses, want_params = single_device[objective]
   np.testing.assert_allclose(losses, want_losses, rtol=2e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), params, want_params)
@@ -97,8 +98,8 @@ def test_per_device_grads_match_one_device(single_device, grad_accum_steps):
   CPU): the same training as one device, and one all-reduce in the step, not one per parameter."""
   mesh = sharding.make_mesh(data=8 // grad_accum_steps, fsdp=1, tensor=1,
                             devices=jax.devices()[:8 // grad_accum_steps])  # 1 or 2 rows per device
-  losses, params = _train(mesh, 'clm', per_device_grads=True, grad_accum_steps=grad_accum_steps)
-  assert _train.all_reduces == 1
+  losses, params, all_reduces = _train(mesh, 'clm', per_device_grads=True, grad_accum_steps=grad_accum_steps)
+  assert all_reduces == 1
   want_losses, want_params = single_device['clm']
   np.testing.assert_allclose(losses, want_losses, rtol=2e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), params, want_params)
