@@ -57,7 +57,7 @@ def config_for(shape: dict, variant: str):
   m.num_layers, m.embed_dim, m.num_heads, m.mlp_dim = shape['layers'], shape['dim'], shape['heads'], 4 * shape['dim']
   m.max_len = max(shape['seq'], 128)
   m.positions, m.norm, m.norm_eps, m.activation = 'learned', 'layernorm', 1e-5, 'gelu_exact'
-  m.use_bias = shape['objective'] == 'mlm'
+  m.use_bias = m.norm_bias = shape['objective'] == 'mlm'  # next-token: nanoGPT's bias=False block
   if shape['objective'] == 'mlm':  # BERT's block, as benchmarks/bert_compare.py
     m.type_vocab_size, m.norm_position, m.embed_norm, m.norm_eps = 2, 'post', True, 1e-12
   c.data.seq_len, c.data.vocab_size, c.train.batch_size = shape['seq'], shape['vocab'], shape['batch']

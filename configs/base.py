@@ -38,6 +38,7 @@ def get_config():
   m.rope_base = 10_000.0            # rotary base frequency
   m.norm = 'rmsnorm'                # 'rmsnorm' | 'layernorm'
   m.norm_eps = 1e-6                 # norm epsilon
+  m.norm_bias = True                # LayerNorm's additive bias (nanoGPT's bias=False drops it; rmsnorm has none)
   m.norm_position = 'pre'           # 'pre': x + f(norm(x)) and a final norm (stabler; lmjax's default) |
                                     # 'post': norm(x + f(x)), no final norm (BERT's block; imported BERT)
   m.embed_norm = False              # norm the summed token/position/type embeddings (BERT: True)

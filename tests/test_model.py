@@ -1,5 +1,6 @@
 """Model behaviour: causality, packing isolation, named sizes, parameter naming."""
 
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -96,6 +97,20 @@ def test_gpt2_parameter_count():
   cfg = ModelConfig(vocab_size=50257, num_layers=layers, embed_dim=dim, num_heads=heads, mlp_dim=mlp,
                     max_len=1024, positions='learned', norm='layernorm', use_bias=True)
   assert cfg.num_params() == 124_439_808
+
+
+def test_layernorm_without_bias_matches_nanogpt_count():
+  """norm_bias=False with use_bias=False is nanoGPT's bias=False model: 804,096 parameters at its CPU
+  config (torch: sum(p.numel()) of GPT(GPTConfig(block_size=64, vocab_size=65, n_layer=4, n_head=4,
+  n_embd=128, bias=False)), wte tied to lm_head), and no LayerNorm has a bias leaf."""
+  cfg = ModelConfig(vocab_size=65, num_layers=4, embed_dim=128, num_heads=4, mlp_dim=512, max_len=64,
+                    positions='learned', norm='layernorm', norm_bias=False, use_bias=False)
+  params = nn.meta.unbox(jax.eval_shape(
+      lambda: Transformer(cfg).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))))['params']
+  names = ['/'.join(str(k.key) for k in path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+  assert not [n for n in names if n.endswith('bias')]
+  assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params)) == cfg.num_params() == 804_096
+  assert ModelConfig(**{**dataclasses.asdict(cfg), 'norm_bias': True}).num_params() == 804_096 + 9 * 128
 
 
 def test_bert_base_encoder_shapes_and_count():

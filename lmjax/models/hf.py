@@ -51,7 +51,7 @@ _SHAPES = {
     'gpt2': dict(causal=True, mlm_head=False, norm_position='pre', embed_norm=False, type_vocab_size=0),
     'bert': dict(causal=False, mlm_head=True, norm_position='post', embed_norm=True),
 }
-_COMMON = dict(positions='learned', norm='layernorm', use_bias=True, tie_embeddings=True)
+_COMMON = dict(positions='learned', norm='layernorm', norm_bias=True, use_bias=True, tie_embeddings=True)
 
 
 def shape_mismatches(cfg: ModelConfig, family: str) -> list[str]:

@@ -115,7 +115,7 @@ def gelu(x, approximate: bool):
 
 
 class Norm(nn.Module):
-  """RMSNorm or LayerNorm over the last dim; statistics in float32."""
+  """RMSNorm or LayerNorm (with or without its bias) over the last dim; statistics in float32."""
   cfg: ModelConfig
 
   @nn.compact
@@ -127,7 +127,8 @@ class Norm(nn.Module):
                         scale_init=scale_init, name='rmsnorm')(x_BLD)
     bias_init = nn.with_logical_partitioning(nn.initializers.zeros, (axes.EMBED,))
     return nn.LayerNorm(epsilon=cfg.norm_eps, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
-                        scale_init=scale_init, bias_init=bias_init, name='layernorm')(x_BLD)
+                        use_bias=cfg.norm_bias, scale_init=scale_init, bias_init=bias_init,
+                        name='layernorm')(x_BLD)
 
 
 def apply_rope(x_BLHK, positions_BL, base: float):

@@ -54,6 +54,7 @@ class ModelConfig:
   rope_base: float = 10_000.0
   norm: str = 'rmsnorm'          # 'rmsnorm' | 'layernorm'
   norm_eps: float = 1e-6
+  norm_bias: bool = True         # LayerNorm's additive bias (rmsnorm has none)
   norm_position: str = 'pre'     # 'pre': x + f(norm(x)), final norm | 'post': norm(x + f(x)), no final norm (BERT)
   embed_norm: bool = False       # a norm on the summed embeddings (BERT's embedding LayerNorm)
   activation: str = 'gelu'       # 'gelu' (tanh approx.) | 'gelu_exact' | 'swiglu'
@@ -99,7 +100,7 @@ class ModelConfig:
     """Parameter count from the shapes (matches the initialized tree)."""
     D, F, V = self.embed_dim, self.mlp_dim, self.vocab_size
     bias = self.use_bias
-    norm = D * (2 if self.norm == 'layernorm' else 1)
+    norm = D * (2 if self.norm == 'layernorm' and self.norm_bias else 1)
     attn = 4 * D * D + (4 * D if bias else 0)
     mlp = (3 if self.activation == 'swiglu' else 2) * D * F + ((F + D) if bias else 0)
     if self.activation == 'swiglu' and bias:
