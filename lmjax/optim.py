@@ -7,10 +7,14 @@ import optax
 
 
 def lr_schedule(*, learning_rate: float, warmup_steps: int, total_steps: int, min_lr_ratio: float):
-  """Linear warmup from 0 to ``learning_rate``, cosine down to ``min_lr_ratio * learning_rate``."""
+  """Linear warmup to ``learning_rate``, cosine down to ``min_lr_ratio * learning_rate`` at ``total_steps``.
+
+  Step ``t < warmup_steps`` gets ``learning_rate * (t + 1) / (warmup_steps + 1)`` (nanoGPT's get_lr):
+  the first update already moves the weights, where a warmup from 0 spends a step at lr 0.
+  """
   warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=learning_rate, warmup_steps=warmup_steps,
+      init_value=learning_rate / (warmup_steps + 1), peak_value=learning_rate, warmup_steps=warmup_steps,
       decay_steps=max(total_steps, warmup_steps + 1), end_value=learning_rate * min_lr_ratio)
 
 

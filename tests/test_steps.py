@@ -5,6 +5,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from lmjax import objectives, optim, sharding, steps
 from lmjax import state as state_lib
@@ -32,3 +33,17 @@ def test_overfits_a_tiny_batch():
   assert losses[0] > np.log(vocab) - 0.5  # starts near uniform over the vocabulary
   assert losses[-1] < 0.1, losses[::10]   # random tokens: only memorisation gets here
   assert int(state.step) == 150
+
+
+def test_lr_schedule_is_nanogpts_get_lr():
+  """Warmup (t + 1) / (warmup + 1), then cosine to min_lr at the end: no update runs at lr 0."""
+  def get_lr(it, lr=1e-3, min_lr=1e-4, warmup=100, decay=2000):  # nanoGPT train.py
+    if it < warmup:
+      return lr * (it + 1) / (warmup + 1)
+    if it > decay:
+      return min_lr
+    return min_lr + 0.5 * (1.0 + np.cos(np.pi * (it - warmup) / (decay - warmup))) * (lr - min_lr)
+  schedule = optim.lr_schedule(learning_rate=1e-3, warmup_steps=100, total_steps=2000, min_lr_ratio=0.1)
+  steps_T = np.arange(2100)
+  np.testing.assert_allclose(np.asarray(jax.vmap(schedule)(steps_T)), [get_lr(t) for t in steps_T], rtol=1e-5)
+  assert float(optim.lr_schedule(learning_rate=1e-3, warmup_steps=0, total_steps=10, min_lr_ratio=0.1)(0)) == pytest.approx(1e-3)
