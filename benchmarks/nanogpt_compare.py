@@ -17,6 +17,10 @@ jits) with the same hyperparameters through its config.
 
 Each runs in its own process and they take turns, ``--chunk`` iterations at a
 time (benchmarks/interleave.py), so a change in machine load hits both alike.
+With ``--same_init`` lmjax starts from nanoGPT's initial weights (the same
+tensors, mapped onto its parameter tree), so that the validation losses differ
+by the training alone, not by the luck of two random initializations.
+
 Timing excludes evaluation and compilation (a first forward/backward pass
 without an update). The table's ratio is nanoGPT time / lmjax time: above 1,
 lmjax is faster.
@@ -106,17 +110,45 @@ class _Data:
     return windows(self.train_ids, (self.spec['seed'], 0, it), self.spec['batch_size'], self.spec['block_size'])
 
 
+def nanogpt_model(spec: dict):
+  """(torch, nanoGPT's GPT) as its train.py builds it for ``spec``: seeded, bias=False."""
+  if spec['nanogpt_dir'] not in sys.path:
+    sys.path.insert(0, spec['nanogpt_dir'])
+  import torch  # pylint: disable=g-import-not-at-top
+  from model import GPT, GPTConfig  # pylint: disable=g-import-not-at-top  (nanoGPT's model.py)
+  torch.manual_seed(spec['seed'])
+  return torch, GPT(GPTConfig(block_size=spec['block_size'], vocab_size=spec['vocab'], n_layer=spec['n_layer'],
+                              n_head=spec['n_head'], n_embd=spec['n_embd'], dropout=spec['dropout'], bias=False))
+
+
+def nanogpt_init_params(spec: dict) -> dict:
+  """nanoGPT's initial weights for ``spec`` (the same seed, so the very tensors its runner starts from) as an
+  lmjax params tree. torch's Linear stores [out, in]; c_attn is query, key and value stacked."""
+  _, model = nanogpt_model(spec)
+  w = {k: v.detach().numpy().astype(np.float32) for k, v in model.state_dict().items()}
+  D, H = spec['n_embd'], spec['n_head']
+  heads = lambda x: x.T.reshape(D, H, D // H)  # [D out, D in] -> [D in, H, K]
+  ln = lambda name: {'layernorm': {'scale': w[name + '.weight']}}
+  params = {'token_embed': w['transformer.wte.weight'], 'pos_embed': w['transformer.wpe.weight'],
+            'final_norm': ln('transformer.ln_f')}
+  for i in range(spec['n_layer']):
+    p = f'transformer.h.{i}.'
+    q, k, v = np.split(w[p + 'attn.c_attn.weight'], 3)
+    params[f'block_{i}'] = {
+        'attn_norm': ln(p + 'ln_1'), 'mlp_norm': ln(p + 'ln_2'),
+        'attn': {'query': {'kernel': heads(q)}, 'key': {'kernel': heads(k)}, 'value': {'kernel': heads(v)},
+                 'out': {'kernel': w[p + 'attn.c_proj.weight'].T.reshape(H, D // H, D)}},
+        'mlp': {'wi': {'kernel': w[p + 'mlp.c_fc.weight'].T}, 'wo': {'kernel': w[p + 'mlp.c_proj.weight'].T}}}
+  return params
+
+
 class NanoGPT:
   """nanoGPT's model, optimizer and training iteration as in its train.py (CPU: no autocast, no scaler)."""
 
   def __init__(self, spec: dict):
-    sys.path.insert(0, spec['nanogpt_dir'])
-    import torch  # pylint: disable=g-import-not-at-top
-    from model import GPT, GPTConfig  # pylint: disable=g-import-not-at-top  (nanoGPT's model.py)
-    self.torch, self.spec, self.data = torch, spec, _Data(spec)
-    torch.manual_seed(spec['seed'])
-    self.model = GPT(GPTConfig(block_size=spec['block_size'], vocab_size=spec['vocab'], n_layer=spec['n_layer'],
-                               n_head=spec['n_head'], n_embd=spec['n_embd'], dropout=spec['dropout'], bias=False))
+    self.spec, self.data = spec, _Data(spec)
+    self.torch, self.model = nanogpt_model(spec)
+    torch = self.torch
     self.optimizer = self.model.configure_optimizers(OPTIM['weight_decay'], OPTIM['learning_rate'],
                                                      (OPTIM['beta1'], OPTIM['beta2']), 'cpu')
     self.forward = torch.compile(self.model) if spec['compile'] else self.model
@@ -199,6 +231,12 @@ class Lmjax:
     sharding.split_cpu_for(self.config)  # as lmjax.main and lmjax.bench do
     self.setup = bench.build(self.config, spec['vocab'])
     self.state, self.rng = self.setup.state, jax.random.key(spec['seed'])
+    if spec['same_init']:  # nanoGPT's initial weights, placed as lmjax's own were
+      params = nanogpt_init_params(spec)
+      if jax.tree.structure(params) != jax.tree.structure(self.state.params):
+        raise ValueError('--same_init: nanoGPT\'s weights do not map onto this lmjax model')
+      self.state = self.state.replace(params=jax.tree.map(
+          lambda old, new: jax.device_put(new, old.sharding), self.state.params, params))
     self.token_bytes_V = jax.numpy.ones((spec['vocab'],), jax.numpy.int32)
     self.version = f'jax {jax.__version__}, {self.setup.mesh.size} {jax.devices()[0].device_kind} device(s)'
 
@@ -241,10 +279,12 @@ def table(spec: dict, results: dict) -> str:
           ('tokens/s', n['tokens_per_sec'], j['tokens_per_sec'], j['tokens_per_sec'] / n['tokens_per_sec'])]
   for it in sorted(n['val_loss']):
     rows.append((f'val loss @ {it}', n['val_loss'][it], j['val_loss'][it], None))
+  init = "nanoGPT's weights" if spec['same_init'] else 'its own draw'
   lines = [f"{spec['preset']}: {spec['n_layer']} layers, {spec['n_head']} heads, d={spec['n_embd']}, "
            f"block {spec['block_size']}, batch {spec['batch_size']}, {spec['iters']} iterations, "
            f"dropout {spec['dropout']}, nanoGPT compile={spec['compile']}, micro-batches "
-           f"per step: nanoGPT {spec['nanogpt_accum']}, lmjax {spec['lmjax_accum']}",
+           f"per step: nanoGPT {spec['nanogpt_accum']}, lmjax {spec['lmjax_accum']}; seed {spec['seed']}, lmjax "
+           f"init: {init}",
            f"| {'':28s} | {'nanoGPT':>10s} | {'lmjax':>10s} | {'lmjax/nanoGPT':>13s} |",
            f"|{'-' * 30}|{'-' * 12}|{'-' * 12}|{'-' * 15}|"]
   for name, a, b, ratio in rows:
@@ -270,6 +310,8 @@ def _define_flags():
   flags.DEFINE_float('dropout', 0.0, 'Dropout in both (lmjax has no attention-probability dropout).')
   flags.DEFINE_bool('compile', False, "torch.compile nanoGPT's model (its CPU run does not).")
   flags.DEFINE_integer('seed', 1337, "Batch-order seed (and both models' init seed).")
+  flags.DEFINE_bool('same_init', False, "lmjax starts from nanoGPT's initial weights (not its own draw): "
+                    'what is left between the two is the training itself.')
   flags.DEFINE_multi_string('lmjax', [], 'Extra lmjax config overrides, e.g. model.remat=full.')
   flags.DEFINE_string('data', DATA, 'Tiny Shakespeare text.')
   flags.DEFINE_string('json', None, 'Results file; default benchmarks/results/nanogpt_<preset>.json.')
@@ -283,7 +325,7 @@ def main(argv):
     raise app.UsageError('--nanogpt_dir must be a karpathy/nanoGPT checkout (with model.py)')
   spec = dict(PRESETS[f.preset], preset=f.preset, nanogpt_dir=os.path.abspath(f.nanogpt_dir), data=f.data,
               vocab=load_chars(f.data)[2], dropout=f.dropout, compile=f.compile, seed=f.seed, chunk=f.chunk,
-              lmjax=list(f.lmjax), lr_decay_iters=f.lr_decay_iters)
+              lmjax=list(f.lmjax), lr_decay_iters=f.lr_decay_iters, same_init=f.same_init)
   for key in ('iters', 'eval_every', 'eval_iters', 'lmjax_accum', 'nanogpt_accum'):
     if f[key].value is not None:
       spec[key] = f[key].value
