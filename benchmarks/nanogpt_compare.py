@@ -234,7 +234,8 @@ class Lmjax:
     if spec['same_init']:  # nanoGPT's initial weights, placed as lmjax's own were
       params = nanogpt_init_params(spec)
       if jax.tree.structure(params) != jax.tree.structure(self.state.params):
-        raise ValueError('--same_init: nanoGPT\'s weights do not map onto this lmjax model')
+        raise ValueError("--same_init: nanoGPT's weights do not map onto this lmjax model; drop the --lmjax "
+                         'overrides that change its parameters')
       self.state = self.state.replace(params=jax.tree.map(
           lambda old, new: jax.device_put(new, old.sharding), self.state.params, params))
     self.token_bytes_V = jax.numpy.ones((spec['vocab'],), jax.numpy.int32)
