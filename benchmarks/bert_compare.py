@@ -120,42 +120,15 @@ def lmjax_config(spec: dict):
   return c
 
 
-class LmjaxMlm:
+class LmjaxMlm(interleave.LmjaxRunner):
   """lmjax's jitted masked-LM train step (lmjax.bench.build) on the same rows, one segment each."""
 
   def __init__(self, spec: dict):
-    import jax  # pylint: disable=g-import-not-at-top
-    from lmjax import bench, sharding  # pylint: disable=g-import-not-at-top
-    self.jax, self.sharding, self.spec = jax, sharding, spec
-    config = lmjax_config(spec)
-    sharding.split_cpu_for(config)  # as lmjax.main and lmjax.bench do
-    self.setup = bench.build(config, spec['vocab'])
-    self.state, self.rng = self.setup.state, jax.random.key(spec['seed'])
-    self.version = f'jax {jax.__version__}, {self.setup.mesh.size} {jax.devices()[0].device_kind} device(s)'
+    super().__init__(lmjax_config(spec))
+    self.spec = spec
 
-  def _batch(self, it: int):
-    tokens = rows(self.spec, it).astype(np.int32)
-    host = {'tokens': tokens, 'segment_ids': np.ones_like(tokens),
-            'positions': np.broadcast_to(np.arange(tokens.shape[1], dtype=np.int32), tokens.shape).copy()}
-    return self.sharding.host_to_global(host, self.setup.mesh)
-
-  def warm_up(self):
-    with self.sharding.activate(self.setup.mesh):
-      self.train_fn = self.setup.train_fn.lower(self.state, self._batch(0), self.rng).compile()
-
-  def train(self, it: int):
-    self.state, metrics = self.train_fn(self.state, self._batch(it), self.rng)
-    return metrics['loss']
-
-  def wait(self, loss):
-    self.jax.block_until_ready(loss)
-
-  def finish(self, loss) -> float:
-    loss_sum, count = self.jax.device_get(loss)
-    return float(loss_sum / count)
-
-  def evaluate(self) -> float:
-    return float('nan')
+  def rows(self, it: int) -> np.ndarray:
+    return rows(self.spec, it)
 
 
 def _define_flags():

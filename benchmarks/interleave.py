@@ -144,6 +144,51 @@ def compare(targets: dict[str, str], spec: dict, *, iters: int, chunk: int, eval
   return results
 
 
+class LmjaxRunner:
+  """What the lmjax runners share: ``lmjax.bench.build``'s training step (the one ``lmjax.train`` jits),
+  fed rows as single packed segments. A subclass gives ``rows(it)``, the [batch, row_len] tokens of
+  iteration ``it``; ``config.data.vocab_size`` and ``config.seed`` say the rest."""
+
+  def __init__(self, config):
+    import jax  # pylint: disable=g-import-not-at-top  (only the lmjax workers need it)
+    from lmjax import bench, sharding  # pylint: disable=g-import-not-at-top
+    self.jax, self.sharding, self.config = jax, sharding, config
+    sharding.split_cpu_for(config)  # as lmjax.main and lmjax.bench do
+    self.setup = bench.build(config, config.data.vocab_size)
+    self.state, self.rng = self.setup.state, jax.random.key(config.seed)
+    self.version = f'jax {jax.__version__}, {self.setup.mesh.size} {jax.devices()[0].device_kind} device(s)'
+
+  def rows(self, it: int) -> np.ndarray:
+    raise NotImplementedError
+
+  def batch(self, tokens) -> dict:
+    """[batch, row_len] tokens as a global batch of one-segment rows."""
+    tokens = tokens.astype(np.int32)
+    host = {'tokens': tokens, 'segment_ids': np.ones_like(tokens),
+            'positions': np.broadcast_to(np.arange(tokens.shape[1], dtype=np.int32), tokens.shape).copy()}
+    return self.sharding.host_to_global(host, self.setup.mesh)
+
+  def warm_up(self):
+    """Compiles the step ahead of time; nothing is updated."""
+    with self.sharding.activate(self.setup.mesh):  # the model's logical constraints resolve at tracing
+      self.train_fn = self.setup.train_fn.lower(self.state, self.batch(self.rows(0)), self.rng).compile()
+
+  def train(self, it: int):
+    # The learning rate follows the state's step; the host runs ahead of the device.
+    self.state, metrics = self.train_fn(self.state, self.batch(self.rows(it)), self.rng)
+    return metrics['loss']
+
+  def wait(self, loss):
+    self.jax.block_until_ready(loss)
+
+  def finish(self, loss) -> float:
+    loss_sum, count = self.jax.device_get(loss)
+    return float(loss_sum / count)
+
+  def evaluate(self) -> float:
+    return float('nan')
+
+
 def torch_update(model, optimizer, clip: float):
   """The end of a PyTorch runner's iteration, as nanoGPT and HF Trainer do it: clip, step, drop the grads."""
   import torch  # pylint: disable=g-import-not-at-top  (only the PyTorch workers need it)

@@ -147,8 +147,8 @@ class NanoGPT:
 
   def __init__(self, spec: dict):
     self.spec, self.data = spec, _Data(spec)
-    self.torch, self.model = nanogpt_model(spec)
-    torch = self.torch
+    torch, self.model = nanogpt_model(spec)
+    self.torch = torch
     self.optimizer = self.model.configure_optimizers(OPTIM['weight_decay'], OPTIM['learning_rate'],
                                                      (OPTIM['beta1'], OPTIM['beta2']), 'cpu')
     self.forward = torch.compile(self.model) if spec['compile'] else self.model
@@ -220,17 +220,13 @@ def apply_override(config, override: str):
   node[leaf] = value.lower() in ('1', 'true') if isinstance(node[leaf], bool) else type(node[leaf])(value)
 
 
-class Lmjax:
+class Lmjax(interleave.LmjaxRunner):
   """lmjax's jitted training step (lmjax.bench.build), fed the same windows as packed single-segment rows."""
 
   def __init__(self, spec: dict):
-    import jax  # pylint: disable=g-import-not-at-top
-    from lmjax import bench, sharding  # pylint: disable=g-import-not-at-top
-    self.jax, self.sharding, self.data = jax, sharding, _Data(spec)
-    self.config = lmjax_config(spec)
-    sharding.split_cpu_for(self.config)  # as lmjax.main and lmjax.bench do
-    self.setup = bench.build(self.config, spec['vocab'])
-    self.state, self.rng = self.setup.state, jax.random.key(spec['seed'])
+    super().__init__(lmjax_config(spec))
+    self.data = _Data(spec)
+    jax = self.jax
     if spec['same_init']:  # nanoGPT's initial weights, placed as lmjax's own were
       params = nanogpt_init_params(spec)
       if jax.tree.structure(params) != jax.tree.structure(self.state.params):
@@ -239,35 +235,19 @@ class Lmjax:
       self.state = self.state.replace(params=jax.tree.map(
           lambda old, new: jax.device_put(new, old.sharding), self.state.params, params))
     self.token_bytes_V = jax.numpy.ones((spec['vocab'],), jax.numpy.int32)
-    self.version = f'jax {jax.__version__}, {self.setup.mesh.size} {jax.devices()[0].device_kind} device(s)'
 
-  def _batch(self, window):
-    window = window.astype(np.int32)
-    host = {'tokens': window, 'segment_ids': np.ones_like(window),
-            'positions': np.broadcast_to(np.arange(window.shape[1], dtype=np.int32), window.shape).copy()}
-    return self.sharding.host_to_global(host, self.setup.mesh)
+  def rows(self, it: int) -> np.ndarray:
+    return self.data.train(it)
 
   def warm_up(self):
-    """Compiles the step (and the eval step) ahead of time; nothing is updated."""
-    batch = self._batch(self.data.train(0))
-    with self.sharding.activate(self.setup.mesh):  # the model's logical constraints resolve at tracing
-      self.train_fn = self.setup.train_fn.lower(self.state, batch, self.rng).compile()
-      self.eval_fn = self.setup.eval_fn.lower(self.state.params, batch, 0, self.token_bytes_V).compile()
-
-  def train(self, it: int):
-    # The learning rate follows the state's step; the host runs ahead of the device.
-    self.state, metrics = self.train_fn(self.state, self._batch(self.data.train(it)), self.rng)
-    return metrics['loss']
-
-  def wait(self, loss):
-    self.jax.block_until_ready(loss)
-
-  def finish(self, loss) -> float:
-    loss_sum, count = self.jax.device_get(loss)
-    return float(loss_sum / count)
+    """Compiles the step and the eval step ahead of time; nothing is updated."""
+    super().warm_up()
+    with self.sharding.activate(self.setup.mesh):
+      self.eval_fn = self.setup.eval_fn.lower(self.state.params, self.batch(self.rows(0)), 0,
+                                              self.token_bytes_V).compile()
 
   def evaluate(self) -> float:
-    sums = [self.jax.device_get(self.eval_fn(self.state.params, self._batch(w), i, self.token_bytes_V)['loss'])
+    sums = [self.jax.device_get(self.eval_fn(self.state.params, self.batch(w), i, self.token_bytes_V)['loss'])
             for i, w in enumerate(self.data.val)]
     return float(sum(s for s, _ in sums) / sum(c for _, c in sums))
 

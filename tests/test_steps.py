@@ -46,4 +46,5 @@ def test_lr_schedule_is_nanogpts_get_lr():
   schedule = optim.lr_schedule(learning_rate=1e-3, warmup_steps=100, total_steps=2000, min_lr_ratio=0.1)
   steps_T = np.arange(2100)
   np.testing.assert_allclose(np.asarray(jax.vmap(schedule)(steps_T)), [get_lr(t) for t in steps_T], rtol=1e-5)
-  assert float(optim.lr_schedule(learning_rate=1e-3, warmup_steps=0, total_steps=10, min_lr_ratio=0.1)(0)) == pytest.approx(1e-3)
+  no_warmup = optim.lr_schedule(learning_rate=1e-3, warmup_steps=0, total_steps=10, min_lr_ratio=0.1)
+  assert float(no_warmup(0)) == pytest.approx(1e-3)
