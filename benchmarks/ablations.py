@@ -24,6 +24,7 @@ from absl import app, flags
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
+import interleave  # pylint: disable=g-import-not-at-top,wrong-import-position  (benchmarks/, the script's dir)
 
 SHAPES = {
     'nanogpt_cpu': dict(objective='clm', layers=4, dim=128, heads=4, seq=64, batch=12, vocab=65, accum=1),
@@ -35,6 +36,8 @@ SHAPES = {
 VARIANTS = {
     'lmjax': 'every speed change on (as shipped)',
     'one_cpu_device': 'mesh.cpu_devices=1: one JAX device whose ops use both cores (no per-core data parallel)',
+    'no_hugepages': "mesh.cpu_hugepages=False: XLA:CPU's step buffers on 4 KiB pages, faulted in every step "
+                    '(lmjax/hostmem.py)',
     'einsum_linear': 'Linear as jnp.einsum over 3-D operands, not one 2-D matmul',
     'eigen_weight_grads': "Linear's weight gradient as XLA folds it (an Eigen dot), not layers._cpu_matmul's",
     'xla_grad_allreduce': "gradients all-reduced as XLA's partitioner does (one buffer per parameter), not "
@@ -66,6 +69,8 @@ def config_for(shape: dict, variant: str):
     c.mesh.cpu_devices = 1
   if variant == 'full_attention':
     m.attention_impl = 'xla'
+  if variant == 'no_hugepages':
+    c.mesh.cpu_hugepages = False
   return c
 
 
@@ -127,7 +132,8 @@ def measure(shape: dict, variant: str, steps: int) -> dict:
   ctx = mp.get_context('spawn')
   parent, child = ctx.Pipe()
   proc = ctx.Process(target=_worker, args=(shape, variant, steps, child))
-  proc.start()
+  with interleave.extra_environ(interleave.lmjax_environ(config_for(shape, variant))):  # as lmjax.main trains
+    proc.start()
   result = parent.recv()
   proc.join()
   return result

@@ -154,7 +154,8 @@ def main(argv):
   f = flags.FLAGS
   spec = {k: f[k].value for k in ('layers', 'dim', 'heads', 'mlp', 'vocab', 'seq', 'batch', 'seed', 'lmjax_accum')}
   results = interleave.compare({'transformers': 'bert_compare:HFBert', 'lmjax': 'bert_compare:LmjaxMlm'}, spec,
-                               iters=f.iters, chunk=f.chunk, max_wait=f.max_wait)
+                               iters=f.iters, chunk=f.chunk, max_wait=f.max_wait,
+                               environ={'lmjax': interleave.lmjax_environ(lmjax_config(spec))})
   tokens = f.iters * f.batch * f.seq
   hf, jx = results['transformers'], results['lmjax']
   for r in (hf, jx):

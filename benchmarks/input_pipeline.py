@@ -54,8 +54,9 @@ def model_tokens_per_sec(config, steps_to_time: int) -> float:
 def main(argv):
   del argv
   config = _CONFIG.value
-  from lmjax import sharding  # pylint: disable=g-import-not-at-top
-  sharding.split_cpu_for(config)  # as lmjax.main does: before JAX starts
+  from lmjax import hostmem, sharding  # pylint: disable=g-import-not-at-top
+  hostmem.reexec_with_hugepages(config)  # as lmjax.main does: before JAX starts
+  sharding.split_cpu_for(config)
   results = {}
   with tempfile.TemporaryDirectory() as workdir:
     results['pipeline_text_tokens_per_sec'] = pipeline_tokens_per_sec(config, workdir, _BATCHES.value)

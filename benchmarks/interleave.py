@@ -16,6 +16,7 @@ handle once step ``it`` is dispatched.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import multiprocessing as mp
 import os
@@ -48,6 +49,27 @@ def _worker(target: str, spec: dict, conn):
       conn.send(runner.evaluate())
     else:
       return
+
+
+@contextlib.contextmanager
+def extra_environ(extra: dict[str, str]):
+  """``os.environ`` with ``extra`` set for the duration (a spawned worker inherits it when it starts)."""
+  saved = {k: os.environ.get(k) for k in extra}
+  os.environ.update(extra)
+  try:
+    yield
+  finally:
+    for k, v in saved.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
+
+
+def lmjax_environ(config) -> dict[str, str]:
+  """The environment a ``python -m lmjax.main`` run of ``config`` trains in (``hostmem``'s restart)."""
+  from lmjax import hostmem  # pylint: disable=g-import-not-at-top
+  return hostmem.hugepages_environ(config)
 
 
 def _idle_fraction(seconds: float) -> float | None:
@@ -90,17 +112,20 @@ def _recv(proc, conn):
 
 
 def compare(targets: dict[str, str], spec: dict, *, iters: int, chunk: int, eval_every: int = 0,
-            on_eval=None, max_wait: float = 60.0) -> dict:
+            on_eval=None, max_wait: float = 60.0, environ: dict[str, dict[str, str]] | None = None) -> dict:
   """Trains every target for ``iters`` iterations in turns; returns timings, losses and the machine load.
 
-  Before each turn waits up to ``max_wait`` s for the CPU to be idle (0: never waits).
+  Before each turn waits up to ``max_wait`` s for the CPU to be idle (0: never waits). ``environ``:
+  extra environment variables of a target's worker, set when it starts (lmjax's huge-page tunable,
+  which ``lmjax.main`` gives a training run: ``lmjax_environ``).
   """
   ctx = mp.get_context('spawn')
   workers = {}
   for name, target in targets.items():
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=_worker, args=(target, spec, child), name=name, daemon=True)
-    proc.start()
+    with extra_environ((environ or {}).get(name, {})):
+      proc.start()
     workers[name] = (proc, parent)
   results = {}
   for name, (proc, conn) in workers.items():

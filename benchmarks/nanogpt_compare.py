@@ -315,7 +315,8 @@ def main(argv):
           f"lmjax {results['lmjax']['val_loss'][it]:.4f}", flush=True)
   results = interleave.compare({'nanogpt': 'nanogpt_compare:NanoGPT', 'lmjax': 'nanogpt_compare:Lmjax'}, spec,
                                iters=spec['iters'], chunk=spec['chunk'], eval_every=spec['eval_every'],
-                               on_eval=on_eval, max_wait=f.max_wait)
+                               on_eval=on_eval, max_wait=f.max_wait,
+                               environ={'lmjax': interleave.lmjax_environ(lmjax_config(spec))})
   tokens = spec['iters'] * spec['batch_size'] * spec['block_size']
   for name in ('nanogpt', 'lmjax'):
     results[name]['tokens_per_sec'] = tokens / results[name]['train_s']

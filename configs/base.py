@@ -108,6 +108,9 @@ def get_config():
                                     # than one device that splits every op); 0 = one per core, as many as
                                     # divide the micro-batch; 1 = one device. Ignored when XLA_FLAGS sets
                                     # --xla_force_host_platform_device_count
+  x.cpu_hugepages = True            # CPU only (Linux, glibc): XLA:CPU's per-step buffers on transparent huge
+                                    # pages (lmjax.main restarts itself once with GLIBC_TUNABLES=
+                                    # glibc.malloc.hugetlb=1; 1.3x faster steps for configs/default.py)
 
   # Sequence classification (objective='classify', configs/finetune.py): starts from the pretraining
   # workdir in train.init_from (its tokenizer and model shapes; its weights unless random_init).

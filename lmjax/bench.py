@@ -33,7 +33,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from lmjax import metrics as metrics_lib
-from lmjax import objectives, sharding, train
+from lmjax import hostmem, objectives, sharding, train
 from lmjax import state as state_lib
 from lmjax.models.transformer import ModelConfig, Transformer
 
@@ -184,8 +184,9 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
   c = f.config  # as lmjax.main does: before JAX starts
-  sharding.split_cpu_for(c)
+  hostmem.reexec_with_hugepages(c)
   try:
+    sharding.split_cpu_for(c)
     results = run(f.config, steps_=f.steps, warmup=f.warmup, peak_override=f.peak_flops)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)

@@ -14,6 +14,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from lmjax import hostmem
+
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (path[:arg]).', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, tokenizer and metrics.')
 _DISTRIBUTED = flags.DEFINE_enum('distributed', 'off', ['off', 'auto', 'explicit'],
@@ -101,9 +103,13 @@ def _fail(message: str, *, threads_may_print: bool = False):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  hostmem.reexec_with_hugepages(_CONFIG.value)  # before JAX starts; returns in the restarted process
   quiet_library_logs()
   _split_cpu(_CONFIG.value)
   _init_distributed()
+  if os.environ.get(hostmem.MARKER):
+    logging.info('host memory: malloc on transparent huge pages (GLIBC_TUNABLES=%s; mesh.cpu_hugepages)',
+                 os.environ.get('GLIBC_TUNABLES'))
   from lmjax import train  # pylint: disable=g-import-not-at-top  (after distributed init)
   run = train.train_and_evaluate
   if _CONFIG.value.objective == 'classify':  # fine-tuning (configs/finetune.py)

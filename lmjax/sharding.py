@@ -100,8 +100,9 @@ def split_cpu_for(config) -> bool:
 
 
 def mesh_from_config(mesh_config, devices=None) -> Mesh:
-  """``make_mesh`` from the config's ``mesh`` section (``cpu_devices`` acts earlier, in ``split_cpu``)."""
-  return make_mesh(**{k: v for k, v in mesh_config.items() if k != 'cpu_devices'}, devices=devices)
+  """``make_mesh`` from the config's ``mesh`` section (``cpu_devices`` and ``cpu_hugepages`` act earlier,
+  before JAX starts: ``split_cpu``, ``hostmem.reexec_with_hugepages``)."""
+  return make_mesh(**{k: v for k, v in mesh_config.items() if not k.startswith('cpu_')}, devices=devices)
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, dcn_data: int = 1, dcn_fsdp: int = 1,

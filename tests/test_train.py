@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config, write_pydoc_corpus
-from lmjax import train
+from lmjax import hostmem, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -154,6 +154,9 @@ def test_cli_trains_and_samples(corpus, tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert os.listdir(tmp_path / 'checkpoints') == ['20']
   env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS='', JAX_PLATFORMS='cpu')
+  # The run restarted itself with malloc on huge pages exactly where lmjax.hostmem says it should.
+  from configs import gpt  # pylint: disable=g-import-not-at-top
+  assert ('malloc on transparent huge pages' in proc.stderr) == hostmem.hugepages_wanted(gpt.get_config('tiny'), env)
   out = subprocess.run([sys.executable, '-m', 'lmjax.sample', f'--workdir={tmp_path}', '--prompt=The',
                         '--prompt=A list', '--num_samples=2', '--max_new_tokens=20', '--seed=1'], cwd=REPO,
                        env=env, capture_output=True, text=True, timeout=300)
