@@ -116,7 +116,7 @@ def nanogpt_model(spec: dict):
     sys.path.insert(0, spec['nanogpt_dir'])
   import torch  # pylint: disable=g-import-not-at-top
   from model import GPT, GPTConfig  # pylint: disable=g-import-not-at-top  (nanoGPT's model.py)
-  torch.manual_seed(spec['seed'])
+  torch.manual_seed(spec['init_seed'])
   return torch, GPT(GPTConfig(block_size=spec['block_size'], vocab_size=spec['vocab'], n_layer=spec['n_layer'],
                               n_head=spec['n_head'], n_embd=spec['n_embd'], dropout=spec['dropout'], bias=False))
 
@@ -198,7 +198,7 @@ def lmjax_config(spec: dict):
   m.positions, m.norm, m.norm_eps, m.activation = 'learned', 'layernorm', 1e-5, 'gelu_exact'
   m.use_bias, m.norm_bias = False, False
   c.data.seq_len, c.data.vocab_size = spec['block_size'], spec['vocab']
-  c.train.batch_size, c.train.max_steps, c.seed = spec['batch_size'], spec['iters'], spec['seed']
+  c.train.batch_size, c.train.max_steps, c.seed = spec['batch_size'], spec['iters'], spec['init_seed']
   c.train.grad_accum_steps = spec['lmjax_accum']
   o = c.optim
   o.learning_rate, o.min_lr_ratio = OPTIM['learning_rate'], OPTIM['min_lr'] / OPTIM['learning_rate']
@@ -264,8 +264,8 @@ def table(spec: dict, results: dict) -> str:
   lines = [f"{spec['preset']}: {spec['n_layer']} layers, {spec['n_head']} heads, d={spec['n_embd']}, "
            f"block {spec['block_size']}, batch {spec['batch_size']}, {spec['iters']} iterations, "
            f"dropout {spec['dropout']}, nanoGPT compile={spec['compile']}, micro-batches "
-           f"per step: nanoGPT {spec['nanogpt_accum']}, lmjax {spec['lmjax_accum']}; seed {spec['seed']}, lmjax "
-           f"init: {init}",
+           f"per step: nanoGPT {spec['nanogpt_accum']}, lmjax {spec['lmjax_accum']}; seed {spec['seed']}, init seed "
+           f"{spec['init_seed']}, lmjax init: {init}",
            f"| {'':28s} | {'nanoGPT':>10s} | {'lmjax':>10s} | {'lmjax/nanoGPT':>13s} |",
            f"|{'-' * 30}|{'-' * 12}|{'-' * 12}|{'-' * 15}|"]
   for name, a, b, ratio in rows:
@@ -290,7 +290,9 @@ def _define_flags():
   flags.DEFINE_integer('chunk', 25, 'Iterations a worker runs before the other takes its turn.')
   flags.DEFINE_float('dropout', 0.0, 'Dropout in both (lmjax has no attention-probability dropout).')
   flags.DEFINE_bool('compile', False, "torch.compile nanoGPT's model (its CPU run does not).")
-  flags.DEFINE_integer('seed', 1337, "Batch-order seed (and both models' init seed).")
+  flags.DEFINE_integer('seed', 1337, "Batch-order seed (and both models' init seed unless --init_seed).")
+  flags.DEFINE_integer('init_seed', None, "Both models' init seed (torch.manual_seed, lmjax's config.seed); "
+                       'default --seed. Several init seeds on one batch order tell the init draw from the data.')
   flags.DEFINE_bool('same_init', False, "lmjax starts from nanoGPT's initial weights (not its own draw): "
                     'what is left between the two is the training itself.')
   flags.DEFINE_multi_string('lmjax', [], 'Extra lmjax config overrides, e.g. model.remat=full.')
@@ -306,7 +308,8 @@ def main(argv):
     raise app.UsageError('--nanogpt_dir must be a karpathy/nanoGPT checkout (with model.py)')
   spec = dict(PRESETS[f.preset], preset=f.preset, nanogpt_dir=os.path.abspath(f.nanogpt_dir), data=f.data,
               vocab=load_chars(f.data)[2], dropout=f.dropout, compile=f.compile, seed=f.seed, chunk=f.chunk,
-              lmjax=list(f.lmjax), lr_decay_iters=f.lr_decay_iters, same_init=f.same_init)
+              lmjax=list(f.lmjax), lr_decay_iters=f.lr_decay_iters, same_init=f.same_init,
+              init_seed=f.seed if f.init_seed is None else f.init_seed)
   for key in ('iters', 'eval_every', 'eval_iters', 'lmjax_accum', 'nanogpt_accum'):
     if f[key].value is not None:
       spec[key] = f[key].value
