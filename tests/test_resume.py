@@ -163,3 +163,31 @@ def test_kill_during_async_save_restores_the_previous_step(tmp_path):
   np.testing.assert_array_equal(restored.params['w'],
                                 np.random.default_rng(1).normal(size=(4096, 4096)).astype(np.float32))
   assert not any('tmp' in n for n in os.listdir(directory))  # the debris is cleaned up
+
+
+def test_cpu_save_of_replicated_arrays_compiles_nothing(tmp_path, caplog):
+  """orbax's replica-parallel save cut each replica's slice with a program compiled per shape and device
+  (48 compiles, 3.4 s of a tiny 8-device run); on CPU lmjax writes each replicated array whole."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  from lmjax import checkpoint  # pylint: disable=g-import-not-at-top
+  from lmjax.state import TrainState  # pylint: disable=g-import-not-at-top
+  replicated = NamedSharding(jax.make_mesh((8,), ('data',)), P())
+  values = {name: np.random.default_rng(i).normal(size=shape).astype(np.float32)
+            for i, (name, shape) in enumerate({'w': (64, 16), 'b': (48,), 'k': (32, 2, 16)}.items())}
+  state = TrainState(step=jax.device_put(np.int32(3), replicated), opt_state=(),
+                     params={k: jax.device_put(v, replicated) for k, v in values.items()})
+  ckpt = checkpoint.Checkpointer(str(tmp_path / 'checkpoints'), every=1, keep=2, async_save=False)
+  with caplog.at_level('WARNING'), jax.log_compiles():
+    assert ckpt.save(3, state)
+    ckpt.wait()
+  compiled = [r.getMessage() for r in caplog.records if r.getMessage().startswith('Compiling ')]
+  assert not compiled, compiled[:3]
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state)
+  restored = ckpt.restore(3, abstract)
+  ckpt.close()
+  assert int(restored.step) == 3
+  for k, v in values.items():
+    np.testing.assert_array_equal(restored.params[k], v)
+    assert restored.params[k].sharding == replicated
