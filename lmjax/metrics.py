@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -32,7 +33,7 @@ class MetricWriter:
     self._enabled = enabled
     if not enabled:
       return
-    import tensorboardX  # imported lazily: only the writing process needs it
+    tensorboardX = _import_tensorboardx()  # lazily: only the writing process needs it
     self.jsonl_path = os.path.join(workdir, 'metrics.jsonl')
     if resume_step is not None:
       _truncate_jsonl(self.jsonl_path, resume_step)
@@ -51,6 +52,25 @@ class MetricWriter:
     if self._enabled:
       self._tb.close()
       self._jsonl.close()
+
+
+def _import_tensorboardx():
+  """tensorboardX, without the PyTorch import its writer module makes for a type hint.
+
+  ``tensorboardX.writer`` tries ``import torch`` only to name ``torch.Tensor`` in its
+  annotations (and carries on without it); where PyTorch is installed that import was
+  2.0 s of every run's start-up. lmjax logs floats. A process that has PyTorch loaded
+  already imports tensorboardX as usual.
+  """
+  if 'torch' in sys.modules or 'tensorboardX' in sys.modules:
+    import tensorboardX  # pylint: disable=g-import-not-at-top
+    return tensorboardX
+  sys.modules['torch'] = None  # for this import, `import torch` raises ImportError
+  try:
+    import tensorboardX  # pylint: disable=g-import-not-at-top
+  finally:
+    del sys.modules['torch']
+  return tensorboardX
 
 
 def _truncate_jsonl(path: str, step: int):

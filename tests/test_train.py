@@ -183,3 +183,34 @@ def test_cli_fill_mask(corpus, tmp_path):
   assert out.returncode != 0 and 'mask marker' in out.stderr.strip().splitlines()[-1]
   out = run('lmjax.sample', '--prompt=The')
   assert out.returncode != 0 and 'fill_mask' in out.stderr.strip().splitlines()[-1]
+
+
+_WRITE_SCALARS = r'''
+import struct, sys
+from lmjax import metrics
+writer = metrics.MetricWriter(sys.argv[1])
+writer.write(7, {'loss': 2.5})
+writer.close()
+print('torch imported' if 'torch' in sys.modules else 'torch not imported')
+import torch  # still importable afterwards
+import glob
+from tensorboardX.proto import event_pb2
+(path,) = glob.glob(sys.argv[1] + '/tensorboard/events.out.tfevents*')
+data, values = open(path, 'rb').read(), []
+while data:  # TFRecord: length, its crc, the record, its crc
+  (n,) = struct.unpack('<Q', data[:8])
+  event = event_pb2.Event.FromString(data[12:12 + n])
+  values += [(event.step, v.tag, v.simple_value) for v in event.summary.value]
+  data = data[12 + n + 4:]
+print(values)
+'''
+
+
+def test_metric_writer_logs_scalars_without_importing_torch(tmp_path):
+  """tensorboardX's writer module imports PyTorch for a type hint (2 s of start-up where it is installed)."""
+  pytest.importorskip('torch')
+  proc = subprocess.run([sys.executable, '-c', _WRITE_SCALARS, str(tmp_path)], cwd=REPO, capture_output=True,
+                        text=True, timeout=120, env=dict(os.environ, PYTHONPATH=REPO))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.splitlines() == ['torch not imported', "[(7, 'loss', 2.5)]"]
+  assert json.loads((tmp_path / 'metrics.jsonl').read_text()) == {'step': 7, 'loss': 2.5}

@@ -55,7 +55,12 @@ def train_iterator(records: grain.MapDataset, *, row_len: int, batch_size: int, 
   if not len(records):
     raise ValueError('no training documents; check --config.data.paths and data.val_fraction')
   ds = records.shuffle(seed=seed).repeat(None)[shard_index::shard_count]
-  ds = _pack(ds.to_iter_dataset(), row_len).batch(batch_size, drop_remainder=True)
+  # grain reads (tokenizes) up to 500 documents ahead; on a small corpus that is many epochs at once,
+  # at start-up, on the cores compiling the step (1.3 s of a 15 s test run). At most one epoch ahead;
+  # the data order does not depend on it.
+  epoch = -(-len(records) // shard_count)
+  read = grain.ReadOptions(prefetch_buffer_size=min(grain.ReadOptions().prefetch_buffer_size, epoch))
+  ds = _pack(ds.to_iter_dataset(read), row_len).batch(batch_size, drop_remainder=True)
   return iter(ds)
 
 
