@@ -31,10 +31,15 @@ def _save_replicated_arrays_whole_on_cpu():
   """
   if jax.default_backend() != 'cpu':
     return
-  from orbax.checkpoint._src.metadata import array_metadata_store  # pylint: disable=g-import-not-at-top
+  # Private modules (orbax-checkpoint is pinned to 0.12): the public register_type_handler logs a
+  # warning on every override, a second line above a bad-input error.
+  # pylint: disable=g-import-not-at-top
+  from orbax.checkpoint._src.metadata import array_metadata_store
+  from orbax.checkpoint._src.serialization import type_handler_registry
+  # pylint: enable=g-import-not-at-top
   handler = ocp.type_handlers.ArrayHandler(array_metadata_store=array_metadata_store.Store(),
                                            use_replica_parallel=False)  # otherwise orbax's default handler
-  ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+  type_handler_registry.GLOBAL_TYPE_HANDLER_REGISTRY.add(jax.Array, handler, override=True, ignore_warnings=True)
 
 
 class Checkpointer:
