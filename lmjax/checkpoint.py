@@ -8,6 +8,7 @@ short by a crash (or a full disk) never becomes the restored step.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 
@@ -19,6 +20,7 @@ import orbax.checkpoint as ocp
 _INCOMPLETE = re.compile(r'^(\d+)\.orbax-checkpoint-tmp')
 
 
+@functools.cache  # once per process: the registry is orbax's, global
 def _save_replicated_arrays_whole_on_cpu():
   """On CPU, orbax writes a replicated array from one replica, not a slice from each.
 
