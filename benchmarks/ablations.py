@@ -139,29 +139,32 @@ def measure(shape: dict, variant: str, steps: int) -> dict:
   return result
 
 
-_SHAPES = flags.DEFINE_enum('shapes', 'nanogpt_cpu', list(SHAPES), 'Model and batch shapes.')
-_VARIANTS = flags.DEFINE_list('variants', None, f'Variants to run (default: those that apply): {", ".join(VARIANTS)}')
-_STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps per round.')
-_ROUNDS = flags.DEFINE_integer('rounds', 2, 'Rounds over the variants (the best is kept).')
-_JSON = flags.DEFINE_string('json', None, 'Results file (default benchmarks/results/ablations_<shapes>.json).')
+def _define_flags():
+  """Flags exist only when this script is the program, so benchmarks/alternate.py can import it."""
+  flags.DEFINE_enum('shapes', 'nanogpt_cpu', list(SHAPES), 'Model and batch shapes.')
+  flags.DEFINE_list('variants', None, f'Variants to run (default: those that apply): {", ".join(VARIANTS)}')
+  flags.DEFINE_integer('steps', 20, 'Timed steps per round.')
+  flags.DEFINE_integer('rounds', 2, 'Rounds over the variants (the best is kept).')
+  flags.DEFINE_string('json', None, 'Results file (default benchmarks/results/ablations_<shapes>.json).')
 
 
 def main(argv):
   del argv
-  shape = SHAPES[_SHAPES.value]
+  f = flags.FLAGS
+  shape = SHAPES[f.shapes]
   applies = {'full_attention': shape['objective'] == 'clm', 'full_mlm_head': shape['objective'] == 'mlm',
              'xla_grad_allreduce': shape['objective'] == 'clm',
              'no_accum': shape['accum'] > 1}
-  variants = _VARIANTS.value or [v for v in VARIANTS if applies.get(v, True) and v not in PROBES]
+  variants = f.variants or [v for v in VARIANTS if applies.get(v, True) and v not in PROBES]
   best = {}
-  for round_ in range(_ROUNDS.value):
+  for round_ in range(f.rounds):
     for variant in variants if round_ % 2 == 0 else variants[::-1]:
-      r = measure(shape, variant, _STEPS.value)
+      r = measure(shape, variant, f.steps)
       print(f"round {round_}: {variant:18s} {1e3 * r['step_time_s']:8.1f} ms/step", flush=True)
       if variant not in best or r['step_time_s'] < best[variant]['step_time_s']:
         best[variant] = r
   base = best.get('lmjax')
-  print(f"\n{_SHAPES.value}: {shape}")
+  print(f"\n{f.shapes}: {shape}")
   w = max(map(len, variants))
   print(f"| {'variant':{w}s} | {'ms/step':>8s} | {'tokens/s':>9s} | {'MFU':>6s} | {'vs lmjax':>8s} | what it turns off")
   print(f"|{'-' * (w + 2)}|{'-' * 10}|{'-' * 11}|{'-' * 8}|{'-' * 10}|{'-' * 20}")
@@ -172,12 +175,13 @@ def main(argv):
     print(f"| {variant:{w}s} | {1e3 * r['step_time_s']:8.1f} | {r['tokens_per_sec']:9,.0f} | {mfu:>6s} | {ratio:>8s} | "
           f"{VARIANTS[variant]}")
   print('(vs lmjax: the variant\'s step time over lmjax\'s; above 1x, the change it turns off speeds lmjax up)')
-  path = _JSON.value or os.path.join(REPO, 'benchmarks', 'results', f'ablations_{_SHAPES.value}.json')
+  path = f.json or os.path.join(REPO, 'benchmarks', 'results', f'ablations_{f.shapes}.json')
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, 'w', encoding='utf-8') as f:
-    json.dump({'shapes': shape, 'results': best, 'command': ' '.join(sys.argv)}, f, indent=2)
+  with open(path, 'w', encoding='utf-8') as out:
+    json.dump({'shapes': shape, 'results': best, 'command': ' '.join(sys.argv)}, out, indent=2)
   print(f'wrote {path}')
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)

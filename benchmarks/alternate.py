@@ -1,0 +1,297 @@
+"""Probes of the CPU training step, A/B in one process: every variant compiled once, then timed in turns.
+
+  python benchmarks/alternate.py --variants=lmjax,no_psum,lmjax --rounds=50
+  python benchmarks/alternate.py --vs_one_core      # the 2-device step against one pinned core on half the batch
+
+On this shared machine the speed of a process moves by +-15% from one run to the
+next, so variants timed in separate processes (``benchmarks/ablations.py``) need
+large effects. Here each variant is built and compiled in one process, then every
+round runs each variant for ``--steps`` synchronised steps (order reversed every
+other round) and keeps its fastest; a variant's ratio is the median over rounds of
+its time over the first variant's in the same round. Listing the baseline twice
+shows the noise floor (two identical variants came out 2-5% apart over 50 rounds).
+
+A variant patches lmjax (or passes XLA options) while its step is built and
+compiled, and puts everything back after; a few only change how the step runs.
+Probes (``no_psum``, ``no_finite_check``, ``sgd_update``) train differently and
+are there to bound what a part of the step costs.
+
+``--vs_one_core`` compares the 2-device step (both cores, one process) with a
+second process pinned to one core that trains one device on half the batch; the
+two take turns in 2-second windows, so the ratio says what running two devices
+in one process costs over one core's work alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+for path in (REPO, os.path.dirname(os.path.abspath(__file__))):
+  if path not in sys.path:
+    sys.path.insert(0, path)
+import ablations  # pylint: disable=g-import-not-at-top,wrong-import-position  (benchmarks/, the script's dir)
+
+VARIANTS = {
+    'lmjax': 'as shipped',
+    'no_psum': 'probe: per-device gradients not summed (no all-reduce; trains each device alone)',
+    'no_finite_check': "probe: the optimizer without optax.apply_if_finite's NaN/inf skip",
+    'finite_by_select': "apply_if_finite's skip made with jnp.where selects instead of its lax.cond",
+    'sgd_update': 'probe: plain SGD in place of AdamW and clipping (finite check kept)',
+    'start_barrier': 'a scalar psum before the forward pass, so both devices start the step together',
+    'pinned_pool': "XLA's intra-op pool threads pinned one per core while the step runs",
+    'no_eigen_threads': 'XLA option xla_cpu_multi_thread_eigen=false',
+    'no_parallel_tasks': "compiled while the process may use one core: XLA's loop fusions not split in 2 tasks",
+    'ynn_dot': 'XLA option xla_cpu_experimental_ynn_fusion_type=dot',
+    'ynn_individual_dot': 'XLA option xla_cpu_experimental_ynn_fusion_type=individual_dot',
+    'ynn_eltwise': 'XLA option xla_cpu_experimental_ynn_fusion_type=eltwise',
+    'ynn_reduce': 'XLA option xla_cpu_experimental_ynn_fusion_type=reduce',
+}
+
+_OPTIONS = {
+    'no_eigen_threads': {'xla_cpu_multi_thread_eigen': False},
+    'ynn_dot': {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_DOT'},
+    'ynn_individual_dot': {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'},
+    'ynn_eltwise': {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_ELTWISE'},
+    'ynn_reduce': {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_REDUCE'},
+}
+
+
+@contextlib.contextmanager
+def _setattr(obj, name, value):
+  saved = getattr(obj, name)
+  setattr(obj, name, value)
+  try:
+    yield
+  finally:
+    setattr(obj, name, saved)
+
+
+def _optimizer(variant: str):
+  """lmjax's optimizer with one part changed (see VARIANTS)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from lmjax import optim  # pylint: disable=g-import-not-at-top
+  plain = optim.make_optimizer
+
+  def make(**kw):
+    tx, schedule = plain(**kw)
+    adamw = optax.chain(optax.clip_by_global_norm(kw['clip_norm']),
+                        optax.adamw(schedule, b1=kw['b1'], b2=kw['b2'], eps=kw['eps'],
+                                    weight_decay=kw['weight_decay'],
+                                    mask=lambda p: optim.decay_mask(p, kw['decay_embeddings'])))
+    if variant == 'sgd_update':
+      return optax.apply_if_finite(optax.sgd(schedule), max_consecutive_errors=2**30), schedule
+    if variant == 'no_finite_check':
+      def update(updates, state, params=None):
+        new_updates, inner = adamw.update(updates, state.inner_state, params)
+        return new_updates, state._replace(inner_state=inner)
+      return optax.GradientTransformation(tx.init, update), schedule
+    # finite_by_select: the same state and outcome as apply_if_finite, chosen elementwise.
+    def update(updates, state, params=None):  # pylint: disable=function-redefined
+      finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(updates)]))
+      new_updates, inner = adamw.update(updates, state.inner_state, params)
+      keep = lambda new, old: jnp.where(finite, new, old)
+      return (jax.tree.map(lambda u: jnp.where(finite, u, 0), new_updates),
+              optax.ApplyIfFiniteState(
+                  notfinite_count=jnp.where(finite, 0, optax.safe_increment(state.notfinite_count)),
+                  last_finite=finite,
+                  total_notfinite=jnp.where(finite, state.total_notfinite,
+                                            optax.safe_increment(state.total_notfinite)),
+                  inner_state=jax.tree.map(keep, inner, state.inner_state)))
+    return optax.GradientTransformation(tx.init, update), schedule
+  return _setattr(optim, 'make_optimizer', make)
+
+
+@contextlib.contextmanager
+def building(variant: str):
+  """What ``variant`` changes while its step is built and compiled."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from lmjax import steps  # pylint: disable=g-import-not-at-top
+  with contextlib.ExitStack() as stack:
+    if variant == 'no_psum':
+      stack.enter_context(_setattr(steps.jax.lax, 'psum', lambda x, axes: x))
+    elif variant in ('no_finite_check', 'finite_by_select', 'sgd_update'):
+      stack.enter_context(_optimizer(variant))
+    elif variant == 'start_barrier':
+      plain = steps._grads_and_metrics  # pylint: disable=protected-access
+
+      def grads_and_metrics(loss_fn, params, batch, rng, grad_accum_steps):
+        zero = jax.lax.psum(jnp.zeros((), jnp.int32), steps.BATCH_AXES)
+        return plain(loss_fn, params, dict(batch, tokens=batch['tokens'] + zero), rng, grad_accum_steps)
+      stack.enter_context(_setattr(steps, '_grads_and_metrics', grads_and_metrics))
+    elif variant == 'no_parallel_tasks':  # XLA's parallel task assignment asks the affinity for its core count
+      saved = os.sched_getaffinity(0)
+      os.sched_setaffinity(0, {min(saved)})
+      stack.callback(os.sched_setaffinity, 0, saved)
+    yield
+
+
+def _threads(name: str) -> list[int]:
+  tids = []
+  for tid in os.listdir('/proc/self/task'):
+    with open(f'/proc/self/task/{tid}/comm', encoding='utf-8') as f:
+      if f.read().strip() == name:
+        tids.append(int(tid))
+  return sorted(tids)
+
+
+def running(variant: str):
+  """Sets what ``variant`` changes while its steps run (thread placement), undoing the other variants'."""
+  cores = sorted(os.sched_getaffinity(0))
+  for i, tid in enumerate(_threads('tf_XLAEigen')):
+    os.sched_setaffinity(tid, {cores[i % len(cores)]} if variant == 'pinned_pool' else cores)
+
+
+def _step(config, variant: str):
+  """[compiled step, state, device batches, rng, mesh] for ``variant``."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from lmjax import bench, sharding  # pylint: disable=g-import-not-at-top
+  vocab = bench.vocab_size(config)
+  with building(variant):
+    setup = bench.build(config, vocab)
+    batches = [sharding.host_to_global(b, setup.mesh) for b in bench.random_batches(config, vocab, 4)]
+    rng = jax.random.key(config.seed)
+    with sharding.activate(setup.mesh):
+      compiled = setup.train_fn.lower(setup.state, batches[0], rng).compile(
+          compiler_options=_OPTIONS.get(variant))
+  return [compiled, setup.state, batches, rng, setup.mesh]
+
+
+def _timed(run, steps: int, first: int) -> float:
+  """The fastest of ``steps`` synchronised steps of ``run`` (updated in place)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from lmjax import sharding  # pylint: disable=g-import-not-at-top
+  compiled, state, batches, rng, mesh = run
+  best = float('inf')
+  with sharding.activate(mesh):
+    for i in range(steps):
+      start = time.perf_counter()
+      state, metrics = compiled(state, batches[(first + i) % len(batches)], rng)
+      jax.block_until_ready((state, metrics))
+      best = min(best, time.perf_counter() - start)
+  run[1] = state
+  return best
+
+
+def alternate(config, variants: list[str], rounds: int, steps: int) -> dict:
+  from lmjax import sharding  # pylint: disable=g-import-not-at-top
+  sharding.split_cpu_for(config)
+  names = [f'{v}#{i}' if variants.count(v) > 1 else v for i, v in enumerate(variants)]
+  copies = {}
+  for n, v in zip(names, variants):  # a repeated variant is built again: its own state (the step donates it)
+    copies[n] = _step(config, v)
+    running(v)
+    _timed(copies[n], 2, 0)  # warm-up: the first steps of a program run slow
+    print(f'compiled {n}', flush=True)
+  times = {n: [] for n in names}
+  for r in range(rounds):
+    order = list(zip(names, variants))
+    for n, v in order if r % 2 == 0 else order[::-1]:
+      running(v)
+      times[n].append(_timed(copies[n], steps, r * steps))
+  running('lmjax')
+  base = names[0]
+  return {n: {'variant': v, 'what': VARIANTS[v], 'median_ms': 1e3 * statistics.median(times[n]),
+              'ratio': statistics.median(a / b for a, b in zip(times[n], times[base]))}
+          for n, v in zip(names, variants)}
+
+
+def _one_core_child(shape: dict, start: float, seconds: float, window: float, steps_out: str):
+  """The pinned half-batch process of --vs_one_core: runs in the odd windows."""
+  config = ablations.config_for(dict(shape, batch=shape['batch'] // 2), 'lmjax')
+  config.mesh.cpu_devices = 1
+  _windows(config, start, seconds, window, odd=True, out=steps_out)
+
+
+def _windows(config, start: float, seconds: float, window: float, odd: bool, out: str | None = None):
+  from lmjax import sharding  # pylint: disable=g-import-not-at-top
+  sharding.split_cpu_for(config)
+  run = _step(config, 'lmjax')
+  _timed(run, 2, 0)
+  times = []
+  while time.time() < start:
+    time.sleep(0.01)
+  while time.time() < start + seconds:
+    mine = int((time.time() - start) / window) % 2 == int(odd)
+    if not mine:
+      time.sleep(0.002)
+      continue
+    t = _timed(run, 1, len(times))
+    if (int((time.time() - start) / window) % 2 == int(odd)) == mine:  # the step ended in its own window
+      times.append(t)
+  if out:
+    with open(out, 'w', encoding='utf-8') as f:
+      json.dump(times, f)
+  return times
+
+
+def vs_one_core(shape: dict, seconds: float = 40.0, window: float = 2.0) -> dict:
+  """The 2-device step's time against one pinned core's, on half the batch, in alternate windows."""
+  cores = sorted(os.sched_getaffinity(0))
+  if len(cores) < 2:
+    raise ValueError('--vs_one_core needs two cores')
+  start = time.time() + 45  # both processes compile first
+  out = f'/tmp/alternate_one_core_{os.getpid()}.json'
+  child = subprocess.Popen(
+      ['taskset', '-c', str(cores[-1]), sys.executable, os.path.abspath(__file__),
+       f'--shapes={_SHAPES.value}', f'--_child={start},{seconds},{window},{out}'])  # inherits main's huge-page restart
+  two = _windows(ablations.config_for(shape, 'lmjax'), start, seconds, window, odd=False)
+  child.wait()
+  with open(out, encoding='utf-8') as f:
+    one = json.load(f)
+  os.remove(out)
+  return {'two_devices_ms': 1e3 * statistics.median(two), 'one_core_half_batch_ms': 1e3 * statistics.median(one),
+          'ratio': statistics.median(two) / statistics.median(one), 'steps': [len(two), len(one)]}
+
+
+_SHAPES = flags.DEFINE_enum('shapes', 'nanogpt_cpu', list(ablations.SHAPES), 'Model and batch shapes.')
+_VARIANTS = flags.DEFINE_list('variants', 'lmjax,lmjax', f'Variants, the first is the baseline: {", ".join(VARIANTS)}')
+_ROUNDS = flags.DEFINE_integer('rounds', 40, 'Rounds over the variants.')
+_STEPS = flags.DEFINE_integer('steps', 3, 'Steps per variant per round (its fastest counts).')
+_VS_ONE_CORE = flags.DEFINE_bool('vs_one_core', False, 'Compare the 2-device step with one pinned core instead.')
+_JSON = flags.DEFINE_string('json', None, 'Also write the results here.')
+_CHILD = flags.DEFINE_string('_child', None, 'Internal: run as the pinned one-core process of --vs_one_core.')
+
+
+def main(argv):
+  del argv
+  shape = ablations.SHAPES[_SHAPES.value]
+  from lmjax import hostmem  # pylint: disable=g-import-not-at-top
+  hostmem.reexec_with_hugepages(ablations.config_for(shape, 'lmjax'))  # as lmjax.main trains (the child inherits it)
+  if _CHILD.value:
+    start, seconds, window, out = _CHILD.value.split(',')
+    _one_core_child(shape, float(start), float(seconds), float(window), out)
+    return
+  if _VS_ONE_CORE.value:
+    r = vs_one_core(shape)
+    print(f"{_SHAPES.value}: 2 devices, batch {shape['batch']}: {r['two_devices_ms']:.1f} ms/step; one pinned core, "
+          f"batch {shape['batch'] // 2}: {r['one_core_half_batch_ms']:.1f} ms/step; ratio {r['ratio']:.3f}")
+    results = {'vs_one_core': r}
+  else:
+    unknown = [v for v in _VARIANTS.value if v not in VARIANTS]
+    if unknown:
+      raise app.UsageError(f'unknown variants {unknown}; choose from {", ".join(VARIANTS)}')
+    results = alternate(ablations.config_for(shape, 'lmjax'), _VARIANTS.value, _ROUNDS.value, _STEPS.value)
+    print(f"\n{_SHAPES.value}: {shape}; {_ROUNDS.value} rounds of {_STEPS.value} steps")
+    print(f"| {'variant':22s} | ms/step (median) | vs {_VARIANTS.value[0]} | what")
+    print(f"|{'-' * 24}|{'-' * 18}|{'-' * 10}|------")
+    for n, r in results.items():
+      print(f"| {n:22s} | {r['median_ms']:16.1f} | {r['ratio']:7.3f}x | {r['what']}")
+  if _JSON.value:
+    with open(_JSON.value, 'w', encoding='utf-8') as f:
+      json.dump({'shapes': shape, 'results': results, 'command': ' '.join(sys.argv)}, f, indent=2)
+
+
+if __name__ == '__main__':
+  app.run(main)
