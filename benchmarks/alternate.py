@@ -46,6 +46,7 @@ VARIANTS = {
     'no_finite_check': "probe: the optimizer without optax.apply_if_finite's NaN/inf skip",
     'finite_by_select': "apply_if_finite's skip made with jnp.where selects instead of its lax.cond",
     'sgd_update': 'probe: plain SGD in place of AdamW and clipping (finite check kept)',
+    'apply_in_cond': "the NaN/inf skip's lax.cond returns the new parameters (apply_updates inside the branch)",
     'start_barrier': 'a scalar psum before the forward pass, so both devices start the step together',
     'pinned_pool': "XLA's intra-op pool threads pinned one per core while the step runs",
     'no_eigen_threads': 'XLA option xla_cpu_multi_thread_eigen=false',
@@ -113,6 +114,48 @@ def _optimizer(variant: str):
 
 
 @contextlib.contextmanager
+def _apply_in_cond():
+  """``steps.train_step`` with optax.apply_if_finite's cond around the update and its application."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from lmjax import optim, steps  # pylint: disable=g-import-not-at-top
+  inner = {}
+  plain_make = optim.make_optimizer
+
+  def make(**kw):
+    tx, schedule = plain_make(**kw)
+    inner['tx'] = optax.chain(optax.clip_by_global_norm(kw['clip_norm']),
+                              optax.adamw(schedule, b1=kw['b1'], b2=kw['b2'], eps=kw['eps'],
+                                          weight_decay=kw['weight_decay'],
+                                          mask=lambda p: optim.decay_mask(p, kw['decay_embeddings'])))
+    return tx, schedule
+
+  def train_step(state, batch, rng, *, loss_fn, tx, grad_accum_steps=1, per_device_grads=False):
+    del tx
+    grads_fn = steps._per_device_grads_and_metrics if per_device_grads else steps._grads_and_metrics  # pylint: disable=protected-access
+    grads, metrics = grads_fn(loss_fn, state.params, batch, jax.random.fold_in(rng, state.step), grad_accum_steps)
+    s = state.opt_state
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+
+    def update(_):
+      updates, inner_state = inner['tx'].update(grads, s.inner_state, state.params)
+      return optax.apply_updates(state.params, updates), inner_state
+    params, inner_state = jax.lax.cond(finite, update, lambda _: (state.params, s.inner_state), None)
+    opt_state = optax.ApplyIfFiniteState(
+        notfinite_count=jnp.where(finite, 0, optax.safe_increment(s.notfinite_count)), last_finite=finite,
+        total_notfinite=jnp.where(finite, s.total_notfinite, optax.safe_increment(s.total_notfinite)),
+        inner_state=inner_state)
+    one = jnp.ones((), jnp.float32)
+    metrics['grad_norm'] = (optax.global_norm(grads), one)
+    metrics['nonfinite_steps'] = (optim.nonfinite_count(opt_state).astype(jnp.float32), one)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  with _setattr(optim, 'make_optimizer', make), _setattr(steps, 'train_step', train_step):
+    yield
+
+
+@contextlib.contextmanager
 def building(variant: str):
   """What ``variant`` changes while its step is built and compiled."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -123,6 +166,8 @@ def building(variant: str):
       stack.enter_context(_setattr(steps.jax.lax, 'psum', lambda x, axes: x))
     elif variant in ('no_finite_check', 'finite_by_select', 'sgd_update'):
       stack.enter_context(_optimizer(variant))
+    elif variant == 'apply_in_cond':
+      stack.enter_context(_apply_in_cond())
     elif variant == 'start_barrier':
       plain = steps._grads_and_metrics  # pylint: disable=protected-access
 
