@@ -9,7 +9,7 @@ large effects. Here each variant is built and compiled in one process, then ever
 round runs each variant for ``--steps`` synchronised steps (order reversed every
 other round) and keeps its fastest; a variant's ratio is the median over rounds of
 its time over the first variant's in the same round. Listing the baseline twice
-shows the noise floor (two identical variants came out 2-5% apart over 50 rounds).
+shows the noise floor (two identical variants came out 1-3% apart over 40 rounds).
 
 A variant patches lmjax (or passes XLA options) while its step is built and
 compiled, and puts everything back after; a few only change how the step runs.
