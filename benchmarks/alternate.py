@@ -47,6 +47,7 @@ VARIANTS = {
     'finite_by_select': "apply_if_finite's skip made with jnp.where selects instead of its lax.cond",
     'sgd_update': 'probe: plain SGD in place of AdamW and clipping (finite check kept)',
     'apply_in_cond': "the NaN/inf skip's lax.cond returns the new parameters (apply_updates inside the branch)",
+    'scores_vjp_ynn': "attention's dK = dS^T Q with dS^T copied behind an optimization barrier (YNNPACK, not Eigen)",
     'start_barrier': 'a scalar psum before the forward pass, so both devices start the step together',
     'pinned_pool': "XLA's intra-op pool threads pinned one per core while the step runs",
     'no_eigen_threads': 'XLA option xla_cpu_multi_thread_eigen=false',
@@ -156,6 +157,34 @@ def _apply_in_cond():
 
 
 @contextlib.contextmanager
+def _scores_vjp_ynn():
+  """``layers._xla_attention`` whose q.k scores have a VJP giving dK's dot a last-dim-contracting left operand."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from lmjax.models import layers  # pylint: disable=g-import-not-at-top
+
+  @jax.custom_vjp
+  def scores(q_BLHK, k_BSHK):
+    return jnp.einsum('BLHK,BSHK->BHLS', q_BLHK, k_BSHK)
+
+  def fwd(q_BLHK, k_BSHK):
+    return scores(q_BLHK, k_BSHK), (q_BLHK, k_BSHK)
+
+  def bwd(res, ds_BHLS):
+    q_BLHK, k_BSHK = res
+    ds_BHSL = jax.lax.optimization_barrier(jnp.swapaxes(ds_BHLS, 2, 3))
+    return (jnp.einsum('BHLS,BSHK->BLHK', ds_BHLS, k_BSHK), jnp.einsum('BHSL,BLHK->BSHK', ds_BHSL, q_BLHK))
+  scores.defvjp(fwd, bwd)
+
+  def attention(q_BLHK, k_BSHK, v_BSHK, mask_B1LS):
+    logits_BHLS = scores(q_BLHK, k_BSHK) * jnp.array(q_BLHK.shape[-1] ** -0.5, jnp.float32)
+    logits_BHLS = jnp.where(mask_B1LS, logits_BHLS, -0.7 * jnp.finfo(jnp.float32).max)
+    return jnp.einsum('BHLS,BSHK->BLHK', jax.nn.softmax(logits_BHLS, axis=-1), v_BSHK)
+  with _setattr(layers, '_xla_attention', attention):
+    yield
+
+
+@contextlib.contextmanager
 def building(variant: str):
   """What ``variant`` changes while its step is built and compiled."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -168,6 +197,8 @@ def building(variant: str):
       stack.enter_context(_optimizer(variant))
     elif variant == 'apply_in_cond':
       stack.enter_context(_apply_in_cond())
+    elif variant == 'scores_vjp_ynn':
+      stack.enter_context(_scores_vjp_ynn())
     elif variant == 'start_barrier':
       plain = steps._grads_and_metrics  # pylint: disable=protected-access
 
