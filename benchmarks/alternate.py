@@ -9,7 +9,8 @@ large effects. Here each variant is built and compiled in one process, then ever
 round runs each variant for ``--steps`` synchronised steps (order reversed every
 other round) and keeps its fastest; a variant's ratio is the median over rounds of
 its time over the first variant's in the same round. Listing the baseline twice
-shows the noise floor (two identical variants came out 1-3% apart over 40 rounds).
+shows the noise floor (two identical variants came out 1-3% apart over 40 rounds;
+with 8 rounds the same variants moved by up to 6% between runs, so keep the default).
 
 A variant patches lmjax (or passes XLA options) while its step is built and
 compiled, and puts everything back after; a few only change how the step runs.
@@ -30,6 +31,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 from absl import app, flags
@@ -77,41 +79,51 @@ def _setattr(obj, name, value):
     setattr(obj, name, saved)
 
 
-def _optimizer(variant: str):
-  """lmjax's optimizer with one part changed (see VARIANTS)."""
+@contextlib.contextmanager
+def _finite_skip(replace):
+  """lmjax's optimizer with ``replace(inner, apply_if_finite)`` where ``optim.make_optimizer`` calls
+  ``optax.apply_if_finite(inner, ...)``: the variant gets lmjax's own chain, whatever it is."""
+  import optax  # pylint: disable=g-import-not-at-top
+  plain = optax.apply_if_finite
+  with _setattr(optax, 'apply_if_finite', lambda inner, max_consecutive_errors: replace(inner, plain)):
+    yield
+
+
+def _no_finite_check(inner, plain):
+  import optax  # pylint: disable=g-import-not-at-top
+
+  def update(updates, state, params=None):
+    updates, inner_state = inner.update(updates, state.inner_state, params)
+    return updates, state._replace(inner_state=inner_state)
+  return optax.GradientTransformation(plain(inner, 2**30).init, update)
+
+
+def _finite_by_select(inner, plain):
+  """apply_if_finite's state and outcome, chosen elementwise."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
-  from lmjax import optim  # pylint: disable=g-import-not-at-top
-  plain = optim.make_optimizer
 
-  def make(**kw):
-    tx, schedule = plain(**kw)
-    adamw = optax.chain(optax.clip_by_global_norm(kw['clip_norm']),
-                        optax.adamw(schedule, b1=kw['b1'], b2=kw['b2'], eps=kw['eps'],
-                                    weight_decay=kw['weight_decay'],
-                                    mask=lambda p: optim.decay_mask(p, kw['decay_embeddings'])))
-    if variant == 'sgd_update':
-      return optax.apply_if_finite(optax.sgd(schedule), max_consecutive_errors=2**30), schedule
-    if variant == 'no_finite_check':
-      def update(updates, state, params=None):
-        new_updates, inner = adamw.update(updates, state.inner_state, params)
-        return new_updates, state._replace(inner_state=inner)
-      return optax.GradientTransformation(tx.init, update), schedule
-    # finite_by_select: the same state and outcome as apply_if_finite, chosen elementwise.
-    def update(updates, state, params=None):  # pylint: disable=function-redefined
-      finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(updates)]))
-      new_updates, inner = adamw.update(updates, state.inner_state, params)
-      keep = lambda new, old: jnp.where(finite, new, old)
-      return (jax.tree.map(lambda u: jnp.where(finite, u, 0), new_updates),
-              optax.ApplyIfFiniteState(
-                  notfinite_count=jnp.where(finite, 0, optax.safe_increment(state.notfinite_count)),
-                  last_finite=finite,
-                  total_notfinite=jnp.where(finite, state.total_notfinite,
-                                            optax.safe_increment(state.total_notfinite)),
-                  inner_state=jax.tree.map(keep, inner, state.inner_state)))
-    return optax.GradientTransformation(tx.init, update), schedule
-  return _setattr(optim, 'make_optimizer', make)
+  def update(updates, state, params=None):
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(updates)]))
+    new_updates, inner_state = inner.update(updates, state.inner_state, params)
+    keep = lambda new, old: jnp.where(finite, new, old)
+    return (jax.tree.map(lambda u: jnp.where(finite, u, 0), new_updates),
+            optax.ApplyIfFiniteState(
+                notfinite_count=jnp.where(finite, 0, optax.safe_increment(state.notfinite_count)),
+                last_finite=finite,
+                total_notfinite=jnp.where(finite, state.total_notfinite, optax.safe_increment(state.total_notfinite)),
+                inner_state=jax.tree.map(keep, inner_state, state.inner_state)))
+  return optax.GradientTransformation(plain(inner, 2**30).init, update)
+
+
+@contextlib.contextmanager
+def _sgd_update():
+  """benchmarks/ablations.py's sgd_update probe, undone afterwards."""
+  from lmjax import optim  # pylint: disable=g-import-not-at-top
+  with _setattr(optim, 'make_optimizer', optim.make_optimizer):
+    ablations._patch_optimizer('sgd_update')  # pylint: disable=protected-access
+    yield
 
 
 @contextlib.contextmanager
@@ -122,15 +134,10 @@ def _apply_in_cond():
   import optax  # pylint: disable=g-import-not-at-top
   from lmjax import optim, steps  # pylint: disable=g-import-not-at-top
   inner = {}
-  plain_make = optim.make_optimizer
 
-  def make(**kw):
-    tx, schedule = plain_make(**kw)
-    inner['tx'] = optax.chain(optax.clip_by_global_norm(kw['clip_norm']),
-                              optax.adamw(schedule, b1=kw['b1'], b2=kw['b2'], eps=kw['eps'],
-                                          weight_decay=kw['weight_decay'],
-                                          mask=lambda p: optim.decay_mask(p, kw['decay_embeddings'])))
-    return tx, schedule
+  def keep_inner(tx, plain):
+    inner['tx'] = tx
+    return plain(tx, 2**30)
 
   def train_step(state, batch, rng, *, loss_fn, tx, grad_accum_steps=1, per_device_grads=False):
     del tx
@@ -152,7 +159,7 @@ def _apply_in_cond():
     metrics['nonfinite_steps'] = (optim.nonfinite_count(opt_state).astype(jnp.float32), one)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-  with _setattr(optim, 'make_optimizer', make), _setattr(steps, 'train_step', train_step):
+  with _finite_skip(keep_inner), _setattr(steps, 'train_step', train_step):
     yield
 
 
@@ -193,8 +200,12 @@ def building(variant: str):
   with contextlib.ExitStack() as stack:
     if variant == 'no_psum':
       stack.enter_context(_setattr(steps.jax.lax, 'psum', lambda x, axes: x))
-    elif variant in ('no_finite_check', 'finite_by_select', 'sgd_update'):
-      stack.enter_context(_optimizer(variant))
+    elif variant == 'no_finite_check':
+      stack.enter_context(_finite_skip(_no_finite_check))
+    elif variant == 'finite_by_select':
+      stack.enter_context(_finite_skip(_finite_by_select))
+    elif variant == 'sgd_update':
+      stack.enter_context(_sgd_update())
     elif variant == 'apply_in_cond':
       stack.enter_context(_apply_in_cond())
     elif variant == 'scores_vjp_ynn':
@@ -299,12 +310,13 @@ def _windows(config, start: float, seconds: float, window: float, odd: bool, out
   while time.time() < start:
     time.sleep(0.01)
   while time.time() < start + seconds:
-    mine = int((time.time() - start) / window) % 2 == int(odd)
-    if not mine:
+    def mine():
+      return int((time.time() - start) / window) % 2 == int(odd)
+    if not mine():
       time.sleep(0.002)
       continue
     t = _timed(run, 1, len(times))
-    if (int((time.time() - start) / window) % 2 == int(odd)) == mine:  # the step ended in its own window
+    if mine():  # the step ended in its own window
       times.append(t)
   if out:
     with open(out, 'w', encoding='utf-8') as f:
@@ -318,7 +330,7 @@ def vs_one_core(shape: dict, seconds: float = 40.0, window: float = 2.0) -> dict
   if len(cores) < 2:
     raise ValueError('--vs_one_core needs two cores')
   start = time.time() + 45  # both processes compile first
-  out = f'/tmp/alternate_one_core_{os.getpid()}.json'
+  out = os.path.join(tempfile.gettempdir(), f'alternate_one_core_{os.getpid()}.json')
   child = subprocess.Popen(
       ['taskset', '-c', str(cores[-1]), sys.executable, os.path.abspath(__file__),
        f'--shapes={_SHAPES.value}', f'--_child={start},{seconds},{window},{out}'])  # inherits main's huge-page restart
@@ -350,7 +362,10 @@ def main(argv):
     _one_core_child(shape, float(start), float(seconds), float(window), out)
     return
   if _VS_ONE_CORE.value:
-    r = vs_one_core(shape)
+    try:
+      r = vs_one_core(shape)
+    except ValueError as e:
+      sys.exit(f'error: {e}')
     print(f"{_SHAPES.value}: 2 devices, batch {shape['batch']}: {r['two_devices_ms']:.1f} ms/step; one pinned core, "
           f"batch {shape['batch'] // 2}: {r['one_core_half_batch_ms']:.1f} ms/step; ratio {r['ratio']:.3f}")
     results = {'vs_one_core': r}
