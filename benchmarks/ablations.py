@@ -107,13 +107,12 @@ def _patch_optimizer(variant: str):
   def make(**kw):
     tx, schedule = plain(**kw)
     if variant == 'sgd_update':
-      tx = optax.apply_if_finite(optax.sgd(schedule), max_consecutive_errors=2**30)  # keeps the skip counter
+      tx = optim.skip_nonfinite(optax.sgd(schedule))  # keeps the skip and its counter
     else:
       decay = optax.add_decayed_weights(kw['weight_decay'], lambda p: optim.decay_mask(p, kw['decay_embeddings']))
       flat = optax.flatten(optax.chain(optax.clip_by_global_norm(kw['clip_norm']),
                                        optax.scale_by_adam(b1=kw['b1'], b2=kw['b2'], eps=kw['eps'])))
-      tx = optax.apply_if_finite(optax.chain(flat, decay, optax.scale_by_learning_rate(schedule)),
-                                 max_consecutive_errors=2**30)
+      tx = optim.skip_nonfinite(optax.chain(flat, decay, optax.scale_by_learning_rate(schedule)))
     return tx, schedule
   optim.make_optimizer = make
 

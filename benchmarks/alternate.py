@@ -45,8 +45,9 @@ import ablations  # pylint: disable=g-import-not-at-top,wrong-import-position  (
 VARIANTS = {
     'lmjax': 'as shipped',
     'no_psum': 'probe: per-device gradients not summed (no all-reduce; trains each device alone)',
-    'no_finite_check': "probe: the optimizer without optax.apply_if_finite's NaN/inf skip",
-    'finite_by_select': "apply_if_finite's skip made with jnp.where selects instead of its lax.cond",
+    'optax_skip': "the NaN/inf skip and clipping as optax's apply_if_finite and clip_by_global_norm (before 2026-12-02)",
+    'no_finite_check': "probe: the optimizer without its NaN/inf skip (optim.skip_nonfinite)",
+    'finite_by_select': "the NaN/inf skip made with jnp.where selects instead of a lax.cond",
     'sgd_update': 'probe: plain SGD in place of AdamW and clipping (finite check kept)',
     'apply_in_cond': "the NaN/inf skip's lax.cond returns the new parameters (apply_updates inside the branch)",
     'scores_vjp_ynn': "attention's dK = dS^T Q with dS^T copied behind an optimization barrier (YNNPACK, not Eigen)",
@@ -81,11 +82,12 @@ def _setattr(obj, name, value):
 
 @contextlib.contextmanager
 def _finite_skip(replace):
-  """lmjax's optimizer with ``replace(inner, apply_if_finite)`` where ``optim.make_optimizer`` calls
-  ``optax.apply_if_finite(inner, ...)``: the variant gets lmjax's own chain, whatever it is."""
-  import optax  # pylint: disable=g-import-not-at-top
-  plain = optax.apply_if_finite
-  with _setattr(optax, 'apply_if_finite', lambda inner, max_consecutive_errors: replace(inner, plain)):
+  """lmjax's optimizer with ``replace(inner, skip_nonfinite)`` where ``optim.make_optimizer`` calls
+  ``optim.skip_nonfinite(inner)``: the variant gets lmjax's own chain, whatever it is. The chain's
+  clipping reads the gradient norm as the extra argument ``grad_norm``."""
+  from lmjax import optim  # pylint: disable=g-import-not-at-top
+  plain = optim.skip_nonfinite
+  with _setattr(optim, 'skip_nonfinite', lambda inner: replace(inner, plain)):
     yield
 
 
@@ -93,20 +95,21 @@ def _no_finite_check(inner, plain):
   import optax  # pylint: disable=g-import-not-at-top
 
   def update(updates, state, params=None):
-    updates, inner_state = inner.update(updates, state.inner_state, params)
+    updates, inner_state = inner.update(updates, state.inner_state, params, grad_norm=optax.global_norm(updates))
     return updates, state._replace(inner_state=inner_state)
-  return optax.GradientTransformation(plain(inner, 2**30).init, update)
+  return optax.GradientTransformation(plain(inner).init, update)
 
 
 def _finite_by_select(inner, plain):
-  """apply_if_finite's state and outcome, chosen elementwise."""
+  """skip_nonfinite's state and outcome, chosen elementwise."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
 
   def update(updates, state, params=None):
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(updates)]))
-    new_updates, inner_state = inner.update(updates, state.inner_state, params)
+    grad_norm = optax.global_norm(updates)
+    finite = jnp.isfinite(grad_norm)
+    new_updates, inner_state = inner.update(updates, state.inner_state, params, grad_norm=grad_norm)
     keep = lambda new, old: jnp.where(finite, new, old)
     return (jax.tree.map(lambda u: jnp.where(finite, u, 0), new_updates),
             optax.ApplyIfFiniteState(
@@ -114,7 +117,7 @@ def _finite_by_select(inner, plain):
                 last_finite=finite,
                 total_notfinite=jnp.where(finite, state.total_notfinite, optax.safe_increment(state.total_notfinite)),
                 inner_state=jax.tree.map(keep, inner_state, state.inner_state)))
-  return optax.GradientTransformation(plain(inner, 2**30).init, update)
+  return optax.GradientTransformation(plain(inner).init, update)
 
 
 @contextlib.contextmanager
@@ -128,7 +131,7 @@ def _sgd_update():
 
 @contextlib.contextmanager
 def _apply_in_cond():
-  """``steps.train_step`` with optax.apply_if_finite's cond around the update and its application."""
+  """``steps.train_step`` with the NaN/inf skip's cond around the update and its application."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
@@ -137,17 +140,18 @@ def _apply_in_cond():
 
   def keep_inner(tx, plain):
     inner['tx'] = tx
-    return plain(tx, 2**30)
+    return plain(tx)
 
   def train_step(state, batch, rng, *, loss_fn, tx, grad_accum_steps=1, per_device_grads=False):
     del tx
     grads_fn = steps._per_device_grads_and_metrics if per_device_grads else steps._grads_and_metrics  # pylint: disable=protected-access
     grads, metrics = grads_fn(loss_fn, state.params, batch, jax.random.fold_in(rng, state.step), grad_accum_steps)
     s = state.opt_state
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(grad_norm)
 
     def update(_):
-      updates, inner_state = inner['tx'].update(grads, s.inner_state, state.params)
+      updates, inner_state = inner['tx'].update(grads, s.inner_state, state.params, grad_norm=grad_norm)
       return optax.apply_updates(state.params, updates), inner_state
     params, inner_state = jax.lax.cond(finite, update, lambda _: (state.params, s.inner_state), None)
     opt_state = optax.ApplyIfFiniteState(
@@ -155,7 +159,7 @@ def _apply_in_cond():
         total_notfinite=jnp.where(finite, s.total_notfinite, optax.safe_increment(s.total_notfinite)),
         inner_state=inner_state)
     one = jnp.ones((), jnp.float32)
-    metrics['grad_norm'] = (optax.global_norm(grads), one)
+    metrics['grad_norm'] = (grad_norm, one)
     metrics['nonfinite_steps'] = (optim.nonfinite_count(opt_state).astype(jnp.float32), one)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
@@ -198,7 +202,12 @@ def building(variant: str):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from lmjax import steps  # pylint: disable=g-import-not-at-top
   with contextlib.ExitStack() as stack:
-    if variant == 'no_psum':
+    if variant == 'optax_skip':
+      from lmjax import optim  # pylint: disable=g-import-not-at-top
+      import optax  # pylint: disable=g-import-not-at-top
+      stack.enter_context(_setattr(optim, 'skip_nonfinite', lambda inner: optax.apply_if_finite(inner, 2**30)))
+      stack.enter_context(_setattr(optim, 'clip_by_given_norm', optax.clip_by_global_norm))
+    elif variant == 'no_psum':
       stack.enter_context(_setattr(steps.jax.lax, 'psum', lambda x, axes: x))
     elif variant == 'no_finite_check':
       stack.enter_context(_finite_skip(_no_finite_check))

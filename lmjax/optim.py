@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
 
 
@@ -39,11 +40,52 @@ def make_optimizer(*, schedule_steps: int, learning_rate: float, warmup_steps: i
   """
   schedule = lr_schedule(learning_rate=learning_rate, warmup_steps=warmup_steps,
                          total_steps=schedule_steps, min_lr_ratio=min_lr_ratio)
-  chain = [optax.clip_by_global_norm(clip_norm)] if clip_norm > 0 else []
+  chain = [clip_by_given_norm(clip_norm)] if clip_norm > 0 else []
   chain.append(optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
                            mask=lambda p: decay_mask(p, decay_embeddings)))
-  # optax would apply updates again after max_consecutive_errors skips; never do that.
-  return optax.apply_if_finite(optax.chain(*chain), max_consecutive_errors=2**30), schedule
+  return skip_nonfinite(optax.chain(*chain)), schedule
+
+
+def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+  """``optax.apply_if_finite(inner, max_consecutive_errors=inf)``, judged by the gradient's global norm.
+
+  The norm is NaN or inf exactly when a gradient entry is (or when the sum of squares
+  overflows float32, an update worth skipping too), so one reduction serves the check,
+  the clipping inside (``clip_by_given_norm`` reads it as the extra argument
+  ``grad_norm``) and the step's ``grad_norm`` metric, which computes the same
+  expression: XLA merges the three. optax's version checks every leaf apart, and its
+  clip computes the norm again inside the skip's ``lax.cond``. The state is optax's
+  ``ApplyIfFiniteState``, so checkpoints keep their layout; skipped updates are never
+  applied after any number of skips (optax gives up after ``max_consecutive_errors``).
+  """
+  inner = optax.with_extra_args_support(inner)
+
+  def init(params):
+    return optax.ApplyIfFiniteState(notfinite_count=jnp.zeros([], jnp.int32), last_finite=jnp.array(True),
+                                    total_notfinite=jnp.zeros([], jnp.int32), inner_state=inner.init(params))
+
+  def update(updates, state, params=None, **extra_args):
+    grad_norm = optax.global_norm(updates)
+    finite = jnp.isfinite(grad_norm)
+    updates, inner_state = jax.lax.cond(
+        finite,
+        lambda: inner.update(updates, state.inner_state, params, grad_norm=grad_norm, **extra_args),
+        lambda: (jax.tree.map(jnp.zeros_like, updates), state.inner_state))
+    return updates, optax.ApplyIfFiniteState(
+        notfinite_count=jnp.where(finite, 0, optax.safe_increment(state.notfinite_count)), last_finite=finite,
+        total_notfinite=jnp.where(finite, state.total_notfinite, optax.safe_increment(state.total_notfinite)),
+        inner_state=inner_state)
+  return optax.GradientTransformationExtraArgs(init, update)
+
+
+def clip_by_given_norm(max_norm: float) -> optax.GradientTransformationExtraArgs:
+  """``optax.clip_by_global_norm(max_norm)`` (the same arithmetic) with the norm passed in as ``grad_norm``."""
+  def update(updates, state, params=None, *, grad_norm, **extra_args):
+    del params, extra_args
+    trigger = grad_norm < max_norm
+    return jax.tree.map(lambda t: jax.lax.select(trigger, t, (t / grad_norm.astype(t.dtype)) * max_norm),
+                        updates), state
+  return optax.GradientTransformationExtraArgs(lambda _: optax.EmptyState(), update)
 
 
 def nonfinite_count(opt_state) -> jax.Array:

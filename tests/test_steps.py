@@ -5,6 +5,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from lmjax import objectives, optim, sharding, steps
@@ -48,3 +49,26 @@ def test_lr_schedule_is_nanogpts_get_lr():
   np.testing.assert_allclose(np.asarray(jax.vmap(schedule)(steps_T)), [get_lr(t) for t in steps_T], rtol=1e-5)
   no_warmup = optim.lr_schedule(learning_rate=1e-3, warmup_steps=0, total_steps=10, min_lr_ratio=0.1)
   assert float(no_warmup(0)) == pytest.approx(1e-3)
+
+
+def test_skip_nonfinite_is_optaxs_apply_if_finite_with_clipping():
+  """lmjax's one-norm skip + clip updates as optax.apply_if_finite(chain(clip_by_global_norm, adamw)), bit for bit:
+  finite steps (clipped or not), a NaN step and an inf step (skipped, counted); the state keeps optax's layout."""
+  params = {'a': jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), 'b': {'kernel': jnp.arange(5.0)}}
+  adamw = lambda: optax.adamw(1e-2, b1=0.9, b2=0.99, weight_decay=0.1)
+  ours = optim.skip_nonfinite(optax.chain(optim.clip_by_given_norm(1.0), adamw()))
+  theirs = optax.apply_if_finite(optax.chain(optax.clip_by_global_norm(1.0), adamw()), max_consecutive_errors=2**30)
+  s_ours, s_theirs = ours.init(params), theirs.init(params)
+  assert jax.tree.structure(s_ours) == jax.tree.structure(s_theirs)
+  rng = np.random.default_rng(0)
+  for scale, poison in [(0.01, None), (10.0, None), (1.0, np.nan), (1.0, np.inf), (0.1, None), (5.0, -np.inf)]:
+    grads = jax.tree.map(lambda p: jnp.asarray(scale * rng.standard_normal(p.shape), jnp.float32), params)
+    if poison is not None:
+      grads['b']['kernel'] = grads['b']['kernel'].at[2].set(poison)
+    u_ours, s_ours = jax.jit(ours.update)(grads, s_ours, params)
+    u_theirs, s_theirs = jax.jit(theirs.update)(grads, s_theirs, params)
+    jax.tree.map(np.testing.assert_array_equal, (u_ours, s_ours), (u_theirs, s_theirs))
+    if poison is not None:
+      assert not any(np.any(np.asarray(u)) for u in jax.tree.leaves(u_ours))  # skipped: a zero update
+    params = optax.apply_updates(params, u_ours)
+  assert int(optim.nonfinite_count(s_ours)) == 3
