@@ -134,6 +134,13 @@ def test_training_reads_at_most_one_epoch_ahead():
   records = grain.MapDataset.range(20).map(read)
   it = pipeline.train_iterator(records, row_len=16, batch_size=2, seed=0)
   first = next(it)
-  time.sleep(1.0)  # the read-ahead threads fill their buffer
+  # The read-ahead threads fill their buffer: wait until the count has stood still for 0.5 s (at most 30 s).
+  seen, still_since, deadline = -1, time.monotonic(), time.monotonic() + 30
+  while time.monotonic() - still_since < 0.5 and time.monotonic() < deadline:
+    time.sleep(0.05)
+    with lock:
+      now = reads[0]
+    if now != seen:
+      seen, still_since = now, time.monotonic()
   assert first['tokens'].shape == (2, 16)
   assert reads[0] <= 2 * 20, reads[0]  # the documents consumed plus one epoch ahead (was 500)
