@@ -28,7 +28,7 @@ import interleave  # pylint: disable=g-import-not-at-top,wrong-import-position  
 
 SHAPES = {
     'nanogpt_cpu': dict(objective='clm', layers=4, dim=128, heads=4, seq=64, batch=12, vocab=65, accum=1),
-    'shakespeare_char': dict(objective='clm', layers=6, dim=384, heads=6, seq=256, batch=64, vocab=65, accum=8),
+    'shakespeare_char': dict(objective='clm', layers=6, dim=384, heads=6, seq=256, batch=64, vocab=65, accum=16),
     'bert_mini': dict(objective='mlm', layers=4, dim=256, heads=4, seq=128, batch=32, vocab=30522, accum=1),
 }
 

@@ -31,10 +31,13 @@ Presets:
        --n_head=4 --n_embd=128 --max_iters=2000 --lr_decay_iters=2000 --dropout=0.0),
        validation loss every 500 iterations.
   shakespeare_char: nanoGPT's default shapes (6 layers, 6 heads, d=384, block 256,
-       batch 64); speed only, a few dozen iterations. lmjax takes the 64 rows as 8
-       micro-batches (train.grad_accum_steps=8: the same update; on CPU each
-       micro-batch's activations stay in cache, 1.58x faster than one batch of 64);
-       nanoGPT runs its config as is (gradient_accumulation_steps=1).
+       batch 64); speed only, a few dozen iterations. lmjax takes the 64 rows as 16
+       micro-batches (train.grad_accum_steps=16: the same update; on CPU smaller
+       micro-batches keep their activations nearer the cores: 16 ran 1.07-1.09x
+       faster than 8, and 8 1.58x faster than one batch of 64); nanoGPT runs its
+       config as is (gradient_accumulation_steps=1). nanoGPT gains from micro-batches
+       too: pass --nanogpt_accum=16 for the comparison at equal micro-batches
+       (docs/perf_notes.md, 2026-12-02).
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ PRESETS = {
     'cpu': dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, iters=2000, eval_every=500,
                 eval_iters=20, lmjax_accum=1, nanogpt_accum=1),
     'shakespeare_char': dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, iters=24,
-                             eval_every=0, eval_iters=0, lmjax_accum=8, nanogpt_accum=1),
+                             eval_every=0, eval_iters=0, lmjax_accum=16, nanogpt_accum=1),
 }
 # Shared by both presets (train_shakespeare_char.py and nanoGPT train.py defaults).
 OPTIM = dict(learning_rate=1e-3, min_lr=1e-4, warmup_iters=100, beta1=0.9, beta2=0.99, weight_decay=0.1,
