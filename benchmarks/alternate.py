@@ -105,6 +105,7 @@ def _finite_by_select(inner, plain):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
+  from lmjax import optim  # pylint: disable=g-import-not-at-top
 
   def update(updates, state, params=None):
     grad_norm = optax.global_norm(updates)
@@ -112,11 +113,7 @@ def _finite_by_select(inner, plain):
     new_updates, inner_state = inner.update(updates, state.inner_state, params, grad_norm=grad_norm)
     keep = lambda new, old: jnp.where(finite, new, old)
     return (jax.tree.map(lambda u: jnp.where(finite, u, 0), new_updates),
-            optax.ApplyIfFiniteState(
-                notfinite_count=jnp.where(finite, 0, optax.safe_increment(state.notfinite_count)),
-                last_finite=finite,
-                total_notfinite=jnp.where(finite, state.total_notfinite, optax.safe_increment(state.total_notfinite)),
-                inner_state=jax.tree.map(keep, inner_state, state.inner_state)))
+            optim.skip_state(state, finite, jax.tree.map(keep, inner_state, state.inner_state)))
   return optax.GradientTransformation(plain(inner).init, update)
 
 
@@ -154,10 +151,7 @@ def _apply_in_cond():
       updates, inner_state = inner['tx'].update(grads, s.inner_state, state.params, grad_norm=grad_norm)
       return optax.apply_updates(state.params, updates), inner_state
     params, inner_state = jax.lax.cond(finite, update, lambda _: (state.params, s.inner_state), None)
-    opt_state = optax.ApplyIfFiniteState(
-        notfinite_count=jnp.where(finite, 0, optax.safe_increment(s.notfinite_count)), last_finite=finite,
-        total_notfinite=jnp.where(finite, s.total_notfinite, optax.safe_increment(s.total_notfinite)),
-        inner_state=inner_state)
+    opt_state = optim.skip_state(s, finite, inner_state)
     one = jnp.ones((), jnp.float32)
     metrics['grad_norm'] = (grad_norm, one)
     metrics['nonfinite_steps'] = (optim.nonfinite_count(opt_state).astype(jnp.float32), one)

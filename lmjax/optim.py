@@ -71,11 +71,16 @@ def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransfo
         finite,
         lambda: inner.update(updates, state.inner_state, params, grad_norm=grad_norm, **extra_args),
         lambda: (jax.tree.map(jnp.zeros_like, updates), state.inner_state))
-    return updates, optax.ApplyIfFiniteState(
-        notfinite_count=jnp.where(finite, 0, optax.safe_increment(state.notfinite_count)), last_finite=finite,
-        total_notfinite=jnp.where(finite, state.total_notfinite, optax.safe_increment(state.total_notfinite)),
-        inner_state=inner_state)
+    return updates, skip_state(state, finite, inner_state)
   return optax.GradientTransformationExtraArgs(init, update)
+
+
+def skip_state(state: optax.ApplyIfFiniteState, finite, inner_state) -> optax.ApplyIfFiniteState:
+  """``state`` after an update that was applied (``finite``) or skipped, with the inner state given."""
+  return optax.ApplyIfFiniteState(
+      notfinite_count=jnp.where(finite, 0, optax.safe_increment(state.notfinite_count)), last_finite=finite,
+      total_notfinite=jnp.where(finite, state.total_notfinite, optax.safe_increment(state.total_notfinite)),
+      inner_state=inner_state)
 
 
 def clip_by_given_norm(max_norm: float) -> optax.GradientTransformationExtraArgs:
