@@ -51,6 +51,7 @@ VARIANTS = {
     'sgd_update': 'probe: plain SGD in place of AdamW and clipping (finite check kept)',
     'apply_in_cond': "the NaN/inf skip's lax.cond returns the new parameters (apply_updates inside the branch)",
     'scores_vjp_ynn': "attention's dK = dS^T Q with dS^T copied behind an optimization barrier (YNNPACK, not Eigen)",
+    'dy_transpose': "weight gradients as (dy^T x)^T where dy and the gradient are smaller than x (the MLP's wo)",
     'start_barrier': 'a scalar psum before the forward pass, so both devices start the step together',
     'pinned_pool': "XLA's intra-op pool threads pinned one per core while the step runs",
     'no_eigen_threads': 'XLA option xla_cpu_multi_thread_eigen=false',
@@ -68,6 +69,31 @@ _OPTIONS = {
     'ynn_eltwise': {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_ELTWISE'},
     'ynn_reduce': {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_REDUCE'},
 }
+
+
+def _xla_option(variant: str) -> dict | None:
+  """The compile options of ``variant``: a named one above, or ``xla:NAME=VALUE[;NAME=VALUE]`` (any XLA
+  option, values parsed as bool or int where they read so)."""
+  if not variant.startswith('xla:'):
+    return _OPTIONS.get(variant)
+  options = {}
+  for item in variant[4:].split(';'):
+    name, _, value = item.partition('=')
+    options[name] = {'true': True, 'false': False}.get(value.lower(), int(value) if value.lstrip('-').isdigit() else value)
+  return options
+
+
+def _check_options(variant: str):
+  """Exits with one line, before anything is built, when XLA rejects ``variant``'s options."""
+  import jax  # pylint: disable=g-import-not-at-top
+  try:
+    jax.jit(lambda x: x + 1).lower(1.0).compile(compiler_options=_xla_option(variant))
+  except Exception as e:  # pylint: disable=broad-except  (XLA's error type varies by version)
+    sys.exit(f"error: --variants={variant}: XLA says {str(e).splitlines()[0]!r}; fix the option's name or value")
+
+
+def _what(variant: str) -> str:
+  return f'XLA options {variant[4:]}' if variant.startswith('xla:') else VARIANTS[variant]
 
 
 @contextlib.contextmanager
@@ -190,6 +216,31 @@ def _scores_vjp_ynn():
 
 
 @contextlib.contextmanager
+def _dy_transpose():
+  """``layers._cpu_matmul`` whose weight gradient transposes dy and the result, not x, when those copy less."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from lmjax.models import layers  # pylint: disable=g-import-not-at-top
+
+  @jax.custom_vjp
+  def matmul(x_TI, w_IO):
+    return x_TI @ w_IO
+
+  def fwd(x_TI, w_IO):
+    return x_TI @ w_IO, (x_TI, w_IO)
+
+  def bwd(res, dy_TO):
+    x_TI, w_IO = res
+    (t, i), o = x_TI.shape, w_IO.shape[1]
+    if t * i > t * o + i * o:
+      dw_OI = jax.lax.optimization_barrier(jax.lax.optimization_barrier(dy_TO.T) @ x_TI)
+      return dy_TO @ w_IO.T, dw_OI.T
+    return dy_TO @ w_IO.T, jax.lax.optimization_barrier(x_TI.T) @ dy_TO
+  matmul.defvjp(fwd, bwd)
+  with _setattr(layers, '_cpu_matmul', matmul):
+    yield
+
+
+@contextlib.contextmanager
 def building(variant: str):
   """What ``variant`` changes while its step is built and compiled."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -213,6 +264,8 @@ def building(variant: str):
       stack.enter_context(_apply_in_cond())
     elif variant == 'scores_vjp_ynn':
       stack.enter_context(_scores_vjp_ynn())
+    elif variant == 'dy_transpose':
+      stack.enter_context(_dy_transpose())
     elif variant == 'start_barrier':
       plain = steps._grads_and_metrics  # pylint: disable=protected-access
 
@@ -254,7 +307,7 @@ def _step(config, variant: str):
     rng = jax.random.key(config.seed)
     with sharding.activate(setup.mesh):
       compiled = setup.train_fn.lower(setup.state, batches[0], rng).compile(
-          compiler_options=_OPTIONS.get(variant))
+          compiler_options=_xla_option(variant))
   return [compiled, setup.state, batches, rng, setup.mesh]
 
 
@@ -292,7 +345,7 @@ def alternate(config, variants: list[str], rounds: int, steps: int) -> dict:
       times[n].append(_timed(copies[n], steps, r * steps))
   running('lmjax')
   base = names[0]
-  return {n: {'variant': v, 'what': VARIANTS[v], 'median_ms': 1e3 * statistics.median(times[n]),
+  return {n: {'variant': v, 'what': _what(v), 'median_ms': 1e3 * statistics.median(times[n]),
               'ratio': statistics.median(a / b for a, b in zip(times[n], times[base]))}
           for n, v in zip(names, variants)}
 
@@ -347,7 +400,8 @@ def vs_one_core(shape: dict, seconds: float = 40.0, window: float = 2.0) -> dict
 
 
 _SHAPES = flags.DEFINE_enum('shapes', 'nanogpt_cpu', list(ablations.SHAPES), 'Model and batch shapes.')
-_VARIANTS = flags.DEFINE_list('variants', 'lmjax,lmjax', f'Variants, the first is the baseline: {", ".join(VARIANTS)}')
+_VARIANTS = flags.DEFINE_list('variants', 'lmjax,lmjax', 'Variants, the first is the baseline: '
+                               f'{", ".join(VARIANTS)}, or xla:NAME=VALUE[;NAME=VALUE] (XLA compile options)')
 _ROUNDS = flags.DEFINE_integer('rounds', 40, 'Rounds over the variants.')
 _STEPS = flags.DEFINE_integer('steps', 3, 'Steps per variant per round (its fastest counts).')
 _VS_ONE_CORE = flags.DEFINE_bool('vs_one_core', False, 'Compare the 2-device step with one pinned core instead.')
@@ -373,9 +427,12 @@ def main(argv):
           f"batch {shape['batch'] // 2}: {r['one_core_half_batch_ms']:.1f} ms/step; ratio {r['ratio']:.3f}")
     results = {'vs_one_core': r}
   else:
-    unknown = [v for v in _VARIANTS.value if v not in VARIANTS]
+    unknown = [v for v in _VARIANTS.value if v not in VARIANTS and not v.startswith('xla:')]
     if unknown:
       raise app.UsageError(f'unknown variants {unknown}; choose from {", ".join(VARIANTS)}')
+    for v in _VARIANTS.value:
+      if v.startswith('xla:'):
+        _check_options(v)
     results = alternate(ablations.config_for(shape, 'lmjax'), _VARIANTS.value, _ROUNDS.value, _STEPS.value)
     print(f"\n{_SHAPES.value}: {shape}; {_ROUNDS.value} rounds of {_STEPS.value} steps")
     print(f"| {'variant':22s} | ms/step (median) | vs {_VARIANTS.value[0]} | what")
