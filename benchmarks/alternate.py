@@ -1,6 +1,7 @@
 """Probes of the CPU training step, A/B in one process: every variant compiled once, then timed in turns.
 
   python benchmarks/alternate.py --variants=lmjax,no_psum,lmjax --rounds=50
+  python benchmarks/alternate.py --variants='lmjax,xla:xla_cpu_enable_fast_min_max=true'   # any XLA compile option
   python benchmarks/alternate.py --vs_one_core      # the 2-device step against one pinned core on half the batch
 
 On this shared machine the speed of a process moves by +-15% from one run to the
