@@ -63,20 +63,21 @@ VARIANTS = {
     'ynn_reduce': 'XLA option xla_cpu_experimental_ynn_fusion_type=reduce',
 }
 
-_OPTIONS = {
-    'no_eigen_threads': {'xla_cpu_multi_thread_eigen': False},
-    'ynn_dot': {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_DOT'},
-    'ynn_individual_dot': {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'},
-    'ynn_eltwise': {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_ELTWISE'},
-    'ynn_reduce': {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_REDUCE'},
+_ALIASES = {  # named XLA-option variants, in the xla:NAME=VALUE form
+    'no_eigen_threads': 'xla:xla_cpu_multi_thread_eigen=false',
+    'ynn_dot': 'xla:xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT',
+    'ynn_individual_dot': 'xla:xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT',
+    'ynn_eltwise': 'xla:xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_ELTWISE',
+    'ynn_reduce': 'xla:xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE',
 }
 
 
 def _xla_option(variant: str) -> dict | None:
-  """The compile options of ``variant``: a named one above, or ``xla:NAME=VALUE[;NAME=VALUE]`` (any XLA
-  option, values parsed as bool or int where they read so)."""
+  """The compile options of ``variant``, ``xla:NAME=VALUE[;NAME=VALUE]`` or a name in ``_ALIASES`` (any XLA
+  option, values parsed as bool or int where they read so); None for the other variants."""
+  variant = _ALIASES.get(variant, variant)
   if not variant.startswith('xla:'):
-    return _OPTIONS.get(variant)
+    return None
   options = {}
   for item in variant[4:].split(';'):
     name, _, value = item.partition('=')
@@ -218,25 +219,22 @@ def _scores_vjp_ynn():
 
 @contextlib.contextmanager
 def _dy_transpose():
-  """``layers._cpu_matmul`` whose weight gradient transposes dy and the result, not x, when those copy less."""
+  """``layers._cpu_matmul`` with a backward rule that transposes dy and the result, not x, when those copy less
+  (its own rule otherwise)."""
   import jax  # pylint: disable=g-import-not-at-top
   from lmjax.models import layers  # pylint: disable=g-import-not-at-top
-
-  @jax.custom_vjp
-  def matmul(x_TI, w_IO):
-    return x_TI @ w_IO
-
-  def fwd(x_TI, w_IO):
-    return x_TI @ w_IO, (x_TI, w_IO)
+  shipped = layers._cpu_matmul  # pylint: disable=protected-access
 
   def bwd(res, dy_TO):
     x_TI, w_IO = res
     (t, i), o = x_TI.shape, w_IO.shape[1]
-    if t * i > t * o + i * o:
-      dw_OI = jax.lax.optimization_barrier(jax.lax.optimization_barrier(dy_TO.T) @ x_TI)
-      return dy_TO @ w_IO.T, dw_OI.T
-    return dy_TO @ w_IO.T, jax.lax.optimization_barrier(x_TI.T) @ dy_TO
-  matmul.defvjp(fwd, bwd)
+    if t * i <= t * o + i * o:
+      return shipped.bwd(res, dy_TO)
+    dw_OI = jax.lax.optimization_barrier(jax.lax.optimization_barrier(dy_TO.T) @ x_TI)
+    return dy_TO @ w_IO.T, dw_OI.T
+  # A new custom_vjp, not a new .bwd on the shipped one: JAX caches what it traced of that one.
+  matmul = jax.custom_vjp(shipped.fun)
+  matmul.defvjp(shipped.fwd, bwd)
   with _setattr(layers, '_cpu_matmul', matmul):
     yield
 
