@@ -53,6 +53,7 @@ VARIANTS = {
     'apply_in_cond': "the NaN/inf skip's lax.cond returns the new parameters (apply_updates inside the branch)",
     'scores_vjp_ynn': "attention's dK = dS^T Q with dS^T copied behind an optimization barrier (YNNPACK, not Eigen)",
     'dy_transpose': "weight gradients as (dy^T x)^T where dy and the gradient are smaller than x (the MLP's wo)",
+    'jax_gelu': "exact GELU through jax.nn.gelu (erfc), not layers.gelu's erf",
     'start_barrier': 'a scalar psum before the forward pass, so both devices start the step together',
     'pinned_pool': "XLA's intra-op pool threads pinned one per core while the step runs",
     'no_eigen_threads': 'XLA option xla_cpu_multi_thread_eigen=false',
@@ -265,6 +266,10 @@ def building(variant: str):
       stack.enter_context(_scores_vjp_ynn())
     elif variant == 'dy_transpose':
       stack.enter_context(_dy_transpose())
+    elif variant == 'jax_gelu':
+      from flax import linen as nn  # pylint: disable=g-import-not-at-top
+      from lmjax.models import layers  # pylint: disable=g-import-not-at-top
+      stack.enter_context(_setattr(layers, 'gelu', lambda x, approximate: nn.gelu(x, approximate=approximate)))
     elif variant == 'start_barrier':
       plain = steps._grads_and_metrics  # pylint: disable=protected-access
 
