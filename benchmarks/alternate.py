@@ -54,6 +54,7 @@ VARIANTS = {
     'scores_vjp_ynn': "attention's dK = dS^T Q with dS^T copied behind an optimization barrier (YNNPACK, not Eigen)",
     'dy_transpose': "weight gradients as (dy^T x)^T where dy and the gradient are smaller than x (the MLP's wo)",
     'jax_gelu': "exact GELU through jax.nn.gelu (erfc), not layers.gelu's erf",
+    'eigen_weight_grads': "Linear's weight gradient as XLA folds it (an Eigen dot), not layers._cpu_matmul's",
     'start_barrier': 'a scalar psum before the forward pass, so both devices start the step together',
     'pinned_pool': "XLA's intra-op pool threads pinned one per core while the step runs",
     'no_eigen_threads': 'XLA option xla_cpu_multi_thread_eigen=false',
@@ -266,10 +267,11 @@ def building(variant: str):
       stack.enter_context(_scores_vjp_ynn())
     elif variant == 'dy_transpose':
       stack.enter_context(_dy_transpose())
-    elif variant == 'jax_gelu':  # benchmarks/ablations.py's, undone afterwards
+    elif variant in ('jax_gelu', 'eigen_weight_grads'):  # benchmarks/ablations.py's, undone afterwards
       from lmjax.models import layers  # pylint: disable=g-import-not-at-top
-      stack.enter_context(_setattr(layers, 'gelu', layers.gelu))
-      ablations._patch('jax_gelu')  # pylint: disable=protected-access
+      name = {'jax_gelu': 'gelu', 'eigen_weight_grads': '_cpu_matmul'}[variant]
+      stack.enter_context(_setattr(layers, name, getattr(layers, name)))
+      ablations._patch(variant)  # pylint: disable=protected-access
     elif variant == 'start_barrier':
       plain = steps._grads_and_metrics  # pylint: disable=protected-access
 
