@@ -74,6 +74,12 @@ _ALIASES = {  # named XLA-option variants, in the xla:NAME=VALUE form
 }
 
 
+_ABLATION_PATCHES = {  # variants that are ablations._patch's, by the lmjax.models.layers name it replaces
+    'jax_gelu': 'gelu',
+    'eigen_weight_grads': '_cpu_matmul',
+}
+
+
 def _xla_option(variant: str) -> dict | None:
   """The compile options of ``variant``, ``xla:NAME=VALUE[;NAME=VALUE]`` or a name in ``_ALIASES`` (any XLA
   option, values parsed as bool or int where they read so); None for the other variants."""
@@ -267,9 +273,9 @@ def building(variant: str):
       stack.enter_context(_scores_vjp_ynn())
     elif variant == 'dy_transpose':
       stack.enter_context(_dy_transpose())
-    elif variant in ('jax_gelu', 'eigen_weight_grads'):  # benchmarks/ablations.py's, undone afterwards
+    elif variant in _ABLATION_PATCHES:  # benchmarks/ablations.py's, undone afterwards
       from lmjax.models import layers  # pylint: disable=g-import-not-at-top
-      name = {'jax_gelu': 'gelu', 'eigen_weight_grads': '_cpu_matmul'}[variant]
+      name = _ABLATION_PATCHES[variant]
       stack.enter_context(_setattr(layers, name, getattr(layers, name)))
       ablations._patch(variant)  # pylint: disable=protected-access
     elif variant == 'start_barrier':
