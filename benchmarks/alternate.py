@@ -63,6 +63,17 @@ VARIANTS = {
     'ynn_individual_dot': 'XLA option xla_cpu_experimental_ynn_fusion_type=individual_dot',
     'ynn_eltwise': 'XLA option xla_cpu_experimental_ynn_fusion_type=eltwise',
     'ynn_reduce': 'XLA option xla_cpu_experimental_ynn_fusion_type=reduce',
+    'bf16': "model.dtype='bfloat16': bf16 compute, f32 parameters (CPU dots accumulate in f32: layers._cpu_dot)",
+    'bf16_out_dots': "model.dtype='bfloat16' with bf16 x bf16 -> bf16 CPU dots (as before 2026-12-03, but with "
+                     "layers._transposed_copy's copies)",
+    'bf16_folded_transposes': "model.dtype='bfloat16', Linear's backward dots on x.T / w.T views, which XLA "
+                              'upcasts to f32 dots (no layers._transposed_copy)',
+}
+
+_CONFIG = {  # variants that change the config (as `lmjax.main --config.KEY=VALUE` would)
+    'bf16': {'model.dtype': 'bfloat16'},
+    'bf16_out_dots': {'model.dtype': 'bfloat16'},
+    'bf16_folded_transposes': {'model.dtype': 'bfloat16'},
 }
 
 _ALIASES = {  # named XLA-option variants, in the xla:NAME=VALUE form
@@ -273,6 +284,15 @@ def building(variant: str):
       stack.enter_context(_scores_vjp_ynn())
     elif variant == 'dy_transpose':
       stack.enter_context(_dy_transpose())
+    elif variant == 'bf16_out_dots':
+      from lmjax.models import layers  # pylint: disable=g-import-not-at-top
+
+      def plain_dot(a, b, equation=None):
+        return a @ b if equation is None else jnp.einsum(equation, a, b)
+      stack.enter_context(_setattr(layers, '_cpu_dot', plain_dot))
+    elif variant == 'bf16_folded_transposes':
+      from lmjax.models import layers  # pylint: disable=g-import-not-at-top
+      stack.enter_context(_setattr(layers, '_transposed_copy', lambda x: jax.lax.optimization_barrier(x.T)))
     elif variant in _ABLATION_PATCHES:  # benchmarks/ablations.py's, undone afterwards
       from lmjax.models import layers  # pylint: disable=g-import-not-at-top
       name = _ABLATION_PATCHES[variant]
@@ -313,6 +333,14 @@ def _step(config, variant: str):
   import jax  # pylint: disable=g-import-not-at-top
   from lmjax import bench, sharding  # pylint: disable=g-import-not-at-top
   vocab = bench.vocab_size(config)
+  if variant in _CONFIG:
+    config = config.copy_and_resolve_references()
+    for key, value in _CONFIG[variant].items():
+      *path, leaf = key.split('.')
+      node = config
+      for p in path:
+        node = node[p]
+      node[leaf] = value
   with building(variant):
     setup = bench.build(config, vocab)
     batches = [sharding.host_to_global(b, setup.mesh) for b in bench.random_batches(config, vocab, 4)]

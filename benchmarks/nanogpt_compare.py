@@ -146,7 +146,8 @@ def nanogpt_init_params(spec: dict) -> dict:
 
 
 class NanoGPT:
-  """nanoGPT's model, optimizer and training iteration as in its train.py (CPU: no autocast, no scaler)."""
+  """nanoGPT's model, optimizer and training iteration as in its train.py (CPU: no autocast, no scaler; with
+  --bf16, its forward passes under torch.autocast(dtype=bfloat16), as train.py runs on a GPU with dtype='bfloat16')."""
 
   def __init__(self, spec: dict):
     self.spec, self.data = spec, _Data(spec)
@@ -154,7 +155,14 @@ class NanoGPT:
     self.torch = torch
     self.optimizer = self.model.configure_optimizers(OPTIM['weight_decay'], OPTIM['learning_rate'],
                                                      (OPTIM['beta1'], OPTIM['beta2']), 'cpu')
-    self.forward = torch.compile(self.model) if spec['compile'] else self.model
+    forward = torch.compile(self.model) if spec['compile'] else self.model
+    if spec['bf16']:
+      def autocast_forward(*args):
+        with torch.autocast(device_type='cpu', dtype=torch.bfloat16):
+          return forward(*args)
+      self.forward = autocast_forward
+    else:
+      self.forward = forward
     self.version = f'torch {torch.__version__}, {torch.get_num_threads()} threads'
 
   def warm_up(self):
@@ -208,6 +216,8 @@ def lmjax_config(spec: dict):
   o.warmup_steps, o.schedule_steps = OPTIM['warmup_iters'], spec['lr_decay_iters']
   o.b1, o.b2, o.weight_decay, o.clip_norm = OPTIM['beta1'], OPTIM['beta2'], OPTIM['weight_decay'], OPTIM['grad_clip']
   o.decay_embeddings = True
+  if spec['bf16']:
+    m.dtype = 'bfloat16'
   for override in spec['lmjax']:
     apply_override(c, override)
   return c
@@ -266,7 +276,8 @@ def table(spec: dict, results: dict) -> str:
   init = "nanoGPT's weights" if spec['same_init'] else 'its own draw'
   lines = [f"{spec['preset']}: {spec['n_layer']} layers, {spec['n_head']} heads, d={spec['n_embd']}, "
            f"block {spec['block_size']}, batch {spec['batch_size']}, {spec['iters']} iterations, "
-           f"dropout {spec['dropout']}, nanoGPT compile={spec['compile']}, micro-batches "
+           f"dropout {spec['dropout']}, {'bf16 compute' if spec['bf16'] else 'f32'}, "
+           f"nanoGPT compile={spec['compile']}, micro-batches "
            f"per step: nanoGPT {spec['nanogpt_accum']}, lmjax {spec['lmjax_accum']}; seed {spec['seed']}, init seed "
            f"{spec['init_seed']}, lmjax init: {init}",
            f"| {'':28s} | {'nanoGPT':>10s} | {'lmjax':>10s} | {'lmjax/nanoGPT':>13s} |",
@@ -293,6 +304,8 @@ def _define_flags():
   flags.DEFINE_integer('chunk', 25, 'Iterations a worker runs before the other takes its turn.')
   flags.DEFINE_float('dropout', 0.0, 'Dropout in both (lmjax has no attention-probability dropout).')
   flags.DEFINE_bool('compile', False, "torch.compile nanoGPT's model (its CPU run does not).")
+  flags.DEFINE_bool('bf16', False, "bf16 compute in both: nanoGPT under torch.autocast(bfloat16), lmjax "
+                    "model.dtype='bfloat16' (f32 weights and optimizer in both).")
   flags.DEFINE_integer('seed', 1337, "Batch-order seed (and both models' init seed unless --init_seed).")
   flags.DEFINE_integer('init_seed', None, "Both models' init seed (torch.manual_seed, lmjax's config.seed); "
                        'default --seed. Several init seeds on one batch order tell the init draw from the data.')
@@ -310,7 +323,8 @@ def main(argv):
   if not f.nanogpt_dir or not os.path.exists(os.path.join(f.nanogpt_dir, 'model.py')):
     raise app.UsageError('--nanogpt_dir must be a karpathy/nanoGPT checkout (with model.py)')
   spec = dict(PRESETS[f.preset], preset=f.preset, nanogpt_dir=os.path.abspath(f.nanogpt_dir), data=f.data,
-              vocab=load_chars(f.data)[2], dropout=f.dropout, compile=f.compile, seed=f.seed, chunk=f.chunk,
+              vocab=load_chars(f.data)[2], dropout=f.dropout, compile=f.compile, bf16=f.bf16, seed=f.seed,
+              chunk=f.chunk,
               lmjax=list(f.lmjax), lr_decay_iters=f.lr_decay_iters, same_init=f.same_init,
               init_seed=f.seed if f.init_seed is None else f.init_seed)
   for key in ('iters', 'eval_every', 'eval_iters', 'lmjax_accum', 'nanogpt_accum'):

@@ -172,6 +172,34 @@ def test_flat_matmul_is_the_einsum():
     jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-5), got, want)
 
 
+def test_cpu_bf16_matmuls_accumulate_in_f32():
+  # On CPU, bf16 dots ask for f32 results (layers._cpu_dot: YNNPACK's bf16 GEMM, not XLA's generic bf16 dot),
+  # forward and backward, on bf16 operands that XLA does not upcast to f32 (layers._transposed_copy), and hand
+  # back bf16 as before.
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 5, 8)), jnp.bfloat16)
+  kernel = jnp.asarray(rng.normal(size=(8, 16)), jnp.bfloat16)
+  f = functools.partial(layers._flat_matmul, 'BLD,DF->BLF')
+  loss = lambda x, k: f(x, k).astype(jnp.float32).sum()
+  compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(x, kernel).compile().as_text()
+  dots, computation = [], ''
+  for line in compiled.splitlines():
+    if line.rstrip().endswith('{'):
+      computation = line
+    if ' dot(' in line:  # the computation's header: its operand types and its result's
+      dots.append(computation)
+  assert len(dots) == 3, compiled
+  for header in dots:
+    operands, result = header.split('->')
+    assert 'f32[' not in operands and 'bf16[' in operands and 'f32[' in result, header
+  y = f(x, kernel)
+  assert y.dtype == jnp.bfloat16
+  want = np.einsum('BLD,DF->BLF', np.asarray(x, np.float32), np.asarray(kernel, np.float32))
+  np.testing.assert_allclose(np.asarray(y, np.float32), want, rtol=1e-2, atol=1e-2)
+  dx, dk = jax.grad(loss, argnums=(0, 1))(x, kernel)
+  assert dx.dtype == dk.dtype == jnp.bfloat16
+
+
 def test_exact_gelu_matches_jax():
   x = jnp.linspace(-8, 8, 1001)
   np.testing.assert_allclose(layers.gelu(x, approximate=False), jax.nn.gelu(x, approximate=False), atol=2e-6)
