@@ -71,10 +71,7 @@ VARIANTS = {
 }
 
 _CONFIG = {  # variants that change the config (as `lmjax.main --config.KEY=VALUE` would)
-    'bf16': {'model.dtype': 'bfloat16'},
-    'bf16_out_dots': {'model.dtype': 'bfloat16'},
-    'bf16_folded_transposes': {'model.dtype': 'bfloat16'},
-}
+    v: {'model.dtype': 'bfloat16'} for v in ('bf16', 'bf16_out_dots', 'bf16_folded_transposes')}
 
 _ALIASES = {  # named XLA-option variants, in the xla:NAME=VALUE form
     'no_eigen_threads': 'xla:xla_cpu_multi_thread_eigen=false',
@@ -335,12 +332,7 @@ def _step(config, variant: str):
   vocab = bench.vocab_size(config)
   if variant in _CONFIG:
     config = config.copy_and_resolve_references()
-    for key, value in _CONFIG[variant].items():
-      *path, leaf = key.split('.')
-      node = config
-      for p in path:
-        node = node[p]
-      node[leaf] = value
+    config.update_from_flattened_dict(_CONFIG[variant])
   with building(variant):
     setup = bench.build(config, vocab)
     batches = [sharding.host_to_global(b, setup.mesh) for b in bench.random_batches(config, vocab, 4)]
