@@ -2,6 +2,7 @@
 
   python benchmarks/alternate.py --variants=lmjax,no_psum,lmjax --rounds=50
   python benchmarks/alternate.py --variants='lmjax,xla:xla_cpu_enable_fast_min_max=true'   # any XLA compile option
+  python benchmarks/alternate.py --variants='lmjax,config:train.grad_accum_steps=8'  # any config key
   python benchmarks/alternate.py --vs_one_core      # the 2-device step against one pinned core on half the batch
 
 On this shared machine the speed of a process moves by +-15% from one run to the
@@ -68,10 +69,12 @@ VARIANTS = {
                      "layers._transposed_copy's copies)",
     'bf16_folded_transposes': "model.dtype='bfloat16', Linear's backward dots on x.T / w.T views, which XLA "
                               'upcasts to f32 dots (no layers._transposed_copy)',
+    'bf16_upcast_attention': "model.dtype='bfloat16', 16-bit attention as einsums on [B, L, H, K] operands, "
+                             'which XLA upcasts to f32 dots (before 2026-12-03: no layers._attention_16bit)',
 }
 
 _CONFIG = {  # variants that change the config (as `lmjax.main --config.KEY=VALUE` would)
-    v: {'model.dtype': 'bfloat16'} for v in ('bf16', 'bf16_out_dots', 'bf16_folded_transposes')}
+    v: {'model.dtype': 'bfloat16'} for v in ('bf16', 'bf16_out_dots', 'bf16_folded_transposes', 'bf16_upcast_attention')}
 
 _ALIASES = {  # named XLA-option variants, in the xla:NAME=VALUE form
     'no_eigen_threads': 'xla:xla_cpu_multi_thread_eigen=false',
@@ -88,17 +91,28 @@ _ABLATION_PATCHES = {  # variants that are ablations._patch's, by the lmjax.mode
 }
 
 
+def _value(text: str):
+  """An option's value as given on the command line: bool or int where it reads so, else the string."""
+  return {'true': True, 'false': False}.get(text.lower(), int(text) if text.lstrip('-').isdigit() else text)
+
+
+def _options(variant: str, prefix: str) -> dict | None:
+  """``PREFIX:NAME=VALUE[;NAME=VALUE]`` as {NAME: VALUE}; None where ``variant`` has another prefix."""
+  if not variant.startswith(prefix + ':'):
+    return None
+  return {name: _value(value) for name, _, value in (item.partition('=') for item in variant[len(prefix) + 1:].split(';'))}
+
+
 def _xla_option(variant: str) -> dict | None:
   """The compile options of ``variant``, ``xla:NAME=VALUE[;NAME=VALUE]`` or a name in ``_ALIASES`` (any XLA
-  option, values parsed as bool or int where they read so); None for the other variants."""
-  variant = _ALIASES.get(variant, variant)
-  if not variant.startswith('xla:'):
-    return None
-  options = {}
-  for item in variant[4:].split(';'):
-    name, _, value = item.partition('=')
-    options[name] = {'true': True, 'false': False}.get(value.lower(), int(value) if value.lstrip('-').isdigit() else value)
-  return options
+  option); None for the other variants."""
+  return _options(_ALIASES.get(variant, variant), 'xla')
+
+
+def _config_change(variant: str) -> dict | None:
+  """The config keys ``variant`` sets, ``config:KEY=VALUE[;KEY=VALUE]`` (as ``lmjax.main --config.KEY=VALUE``
+  would) or a name in ``_CONFIG``; None for the other variants."""
+  return _CONFIG.get(variant) or _options(variant, 'config')
 
 
 def _check_options(variant: str):
@@ -110,8 +124,27 @@ def _check_options(variant: str):
     sys.exit(f"error: --variants={variant}: XLA says {str(e).splitlines()[0]!r}; fix the option's name or value")
 
 
+def _changed(config, variant: str):
+  """A locked copy of ``config`` with ``variant``'s keys set (a misspelt key raises KeyError, as in lmjax.main)."""
+  config = config.copy_and_resolve_references()
+  config.lock()
+  config.update_from_flattened_dict(_config_change(variant))
+  return config
+
+
+def _check_config(variant: str, config):
+  """Exits with one line, before anything is built, when ``variant``'s config keys or values do not fit."""
+  try:
+    _changed(config, variant)
+  except (KeyError, TypeError, ValueError) as e:
+    sys.exit(f"error: --variants={variant}: {e}; name an existing config key (configs/*.py) with a value of its type")
+
+
 def _what(variant: str) -> str:
-  return f'XLA options {variant[4:]}' if variant.startswith('xla:') else VARIANTS[variant]
+  for prefix, what in (('xla:', 'XLA options'), ('config:', 'config')):
+    if variant.startswith(prefix):
+      return f'{what} {variant[len(prefix):]}'
+  return VARIANTS[variant]
 
 
 @contextlib.contextmanager
@@ -255,6 +288,18 @@ def _dy_transpose():
     yield
 
 
+def _upcast_attention(q_BLHK, k_BSHK, v_BSHK, mask_B1LS):
+  """16-bit attention as layers._xla_attention computed it before layers._attention_16bit (autodiff's backward)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from lmjax.models import layers  # pylint: disable=g-import-not-at-top
+  logits_BHLS = jnp.einsum('BLHK,BSHK->BHLS', q_BLHK, k_BSHK, preferred_element_type=jnp.float32)
+  logits_BHLS *= jnp.array(q_BLHK.shape[-1] ** -0.5, jnp.float32)
+  logits_BHLS = jnp.where(mask_B1LS, logits_BHLS, -0.7 * jnp.finfo(jnp.float32).max)
+  probs_BHLS = jax.nn.softmax(logits_BHLS, axis=-1).astype(v_BSHK.dtype)
+  return layers._cpu_dot(probs_BHLS, v_BSHK, 'BHLS,BSHK->BLHK')  # pylint: disable=protected-access
+
+
 @contextlib.contextmanager
 def building(variant: str):
   """What ``variant`` changes while its step is built and compiled."""
@@ -290,6 +335,9 @@ def building(variant: str):
     elif variant == 'bf16_folded_transposes':
       from lmjax.models import layers  # pylint: disable=g-import-not-at-top
       stack.enter_context(_setattr(layers, '_transposed_copy', lambda x: jax.lax.optimization_barrier(x.T)))
+    elif variant == 'bf16_upcast_attention':
+      from lmjax.models import layers  # pylint: disable=g-import-not-at-top
+      stack.enter_context(_setattr(layers, '_attention_16bit', _upcast_attention))
     elif variant in _ABLATION_PATCHES:  # benchmarks/ablations.py's, undone afterwards
       from lmjax.models import layers  # pylint: disable=g-import-not-at-top
       name = _ABLATION_PATCHES[variant]
@@ -330,9 +378,8 @@ def _step(config, variant: str):
   import jax  # pylint: disable=g-import-not-at-top
   from lmjax import bench, sharding  # pylint: disable=g-import-not-at-top
   vocab = bench.vocab_size(config)
-  if variant in _CONFIG:
-    config = config.copy_and_resolve_references()
-    config.update_from_flattened_dict(_CONFIG[variant])
+  if _config_change(variant):
+    config = _changed(config, variant)
   with building(variant):
     setup = bench.build(config, vocab)
     batches = [sharding.host_to_global(b, setup.mesh) for b in bench.random_batches(config, vocab, 4)]
@@ -433,7 +480,8 @@ def vs_one_core(shape: dict, seconds: float = 40.0, window: float = 2.0) -> dict
 
 _SHAPES = flags.DEFINE_enum('shapes', 'nanogpt_cpu', list(ablations.SHAPES), 'Model and batch shapes.')
 _VARIANTS = flags.DEFINE_list('variants', 'lmjax,lmjax', 'Variants, the first is the baseline: '
-                               f'{", ".join(VARIANTS)}, or xla:NAME=VALUE[;NAME=VALUE] (XLA compile options)')
+                               f'{", ".join(VARIANTS)}, or xla:NAME=VALUE[;NAME=VALUE] (XLA compile options) or '
+                               'config:KEY=VALUE[;KEY=VALUE] (config keys)')
 _ROUNDS = flags.DEFINE_integer('rounds', 40, 'Rounds over the variants.')
 _STEPS = flags.DEFINE_integer('steps', 3, 'Steps per variant per round (its fastest counts).')
 _VS_ONE_CORE = flags.DEFINE_bool('vs_one_core', False, 'Compare the 2-device step with one pinned core instead.')
@@ -459,13 +507,16 @@ def main(argv):
           f"batch {shape['batch'] // 2}: {r['one_core_half_batch_ms']:.1f} ms/step; ratio {r['ratio']:.3f}")
     results = {'vs_one_core': r}
   else:
-    unknown = [v for v in _VARIANTS.value if v not in VARIANTS and not v.startswith('xla:')]
+    unknown = [v for v in _VARIANTS.value if v not in VARIANTS and not v.startswith(('xla:', 'config:'))]
     if unknown:
       raise app.UsageError(f'unknown variants {unknown}; choose from {", ".join(VARIANTS)}')
+    config = ablations.config_for(shape, 'lmjax')
     for v in _VARIANTS.value:
       if v.startswith('xla:'):
         _check_options(v)
-    results = alternate(ablations.config_for(shape, 'lmjax'), _VARIANTS.value, _ROUNDS.value, _STEPS.value)
+      if _config_change(v):
+        _check_config(v, config)
+    results = alternate(config, _VARIANTS.value, _ROUNDS.value, _STEPS.value)
     print(f"\n{_SHAPES.value}: {shape}; {_ROUNDS.value} rounds of {_STEPS.value} steps")
     print(f"| {'variant':22s} | ms/step (median) | vs {_VARIANTS.value[0]} | what")
     print(f"|{'-' * 24}|{'-' * 18}|{'-' * 10}|------")

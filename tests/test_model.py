@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import re
 
 import flax.linen as nn
 import jax
@@ -172,6 +173,14 @@ def test_flat_matmul_is_the_einsum():
     jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-5), got, want)
 
 
+def _dot_dtypes(compiled_text):
+  """(lhs, rhs, result) element types of every dot in compiled HLO text (instruction names are module-unique)."""
+  types = dict(re.findall(r'%?([\w.\-]+) = (\w+)\[', compiled_text))
+  types.update(re.findall(r'([\w.\-]+): (\w+)\[', compiled_text))  # fused computations' parameters
+  return [(types[a], types[b], out)
+          for out, a, b in re.findall(r'= (\w+)\[[^\]]*\]\S* dot\(%?([\w.\-]+), %?([\w.\-]+)\)', compiled_text)]
+
+
 def test_cpu_bf16_matmuls_accumulate_in_f32():
   # On CPU, bf16 dots ask for f32 results (layers._cpu_dot: YNNPACK's bf16 GEMM, not XLA's generic bf16 dot),
   # forward and backward, on bf16 operands that XLA does not upcast to f32 (layers._transposed_copy), and hand
@@ -182,22 +191,40 @@ def test_cpu_bf16_matmuls_accumulate_in_f32():
   f = functools.partial(layers._flat_matmul, 'BLD,DF->BLF')
   loss = lambda x, k: f(x, k).astype(jnp.float32).sum()
   compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(x, kernel).compile().as_text()
-  dots, computation = [], ''
-  for line in compiled.splitlines():
-    if line.rstrip().endswith('{'):
-      computation = line
-    if ' dot(' in line:  # the computation's header: its operand types and its result's
-      dots.append(computation)
-  assert len(dots) == 3, compiled
-  for header in dots:
-    operands, result = header.split('->')
-    assert 'f32[' not in operands and 'bf16[' in operands and 'f32[' in result, header
+  assert _dot_dtypes(compiled) == [('bf16', 'bf16', 'f32')] * 3, compiled
   y = f(x, kernel)
   assert y.dtype == jnp.bfloat16
   want = np.einsum('BLD,DF->BLF', np.asarray(x, np.float32), np.asarray(kernel, np.float32))
   np.testing.assert_allclose(np.asarray(y, np.float32), want, rtol=1e-2, atol=1e-2)
   dx, dk = jax.grad(loss, argnums=(0, 1))(x, kernel)
   assert dx.dtype == dk.dtype == jnp.bfloat16
+
+
+def test_cpu_bf16_attention_dots_stay_bf16_and_match_f32():
+  # layers._attention_16bit: the scores, probabilities x values and the four backward dots, on bf16 operands
+  # XLA does not upcast (row-major [M, K] x [K, N]), with f32 results; values and gradients as f32 attention's
+  # up to bf16 rounding, packed rows included.
+  batch, length, heads, dim, block = 2, 24, 2, 8, 16
+  q, k, v = (jax.random.normal(key, (batch, length, heads, dim)) for key in jax.random.split(jax.random.key(1), 3))
+  segments = jnp.asarray([[1] * 10 + [2] * 11 + [0] * 3, [1] * 24], jnp.int32)
+  mask = layers.attention_mask(segments, causal=True)
+  weights = jnp.cos(jnp.arange(dim))
+
+  def loss(attend, dtype, q, k, v):
+    return (attend(q.astype(dtype), k.astype(dtype), v.astype(dtype)).astype(jnp.float32) * weights).sum()
+  blocked = lambda q, k, v: layers.causal_attention_in_blocks(q, k, v, mask, block)
+  full = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask, implementation='xla')
+  grad16 = jax.jit(jax.value_and_grad(functools.partial(loss, blocked, jnp.bfloat16), argnums=(0, 1, 2)))
+  # two query blocks, the second's keys twice the first's: 2 x 6 dots
+  assert _dot_dtypes(grad16.lower(q, k, v).compile().as_text()) == [('bf16', 'bf16', 'f32')] * 12
+  y16 = jax.jit(blocked)(*(x.astype(jnp.bfloat16) for x in (q, k, v)))
+  assert y16.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(y16, np.float32), full(q, k, v), atol=2e-2)
+  (value16, got), (value, want) = grad16(q, k, v), jax.value_and_grad(
+      functools.partial(loss, full, jnp.float32), argnums=(0, 1, 2))(q, k, v)
+  np.testing.assert_allclose(value16, value, rtol=1e-2)
+  for g16, g in zip(got, want):
+    np.testing.assert_allclose(g16, g, atol=0.01 * float(jnp.abs(g).max()) + 1e-2)
 
 
 def test_exact_gelu_matches_jax():

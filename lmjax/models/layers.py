@@ -108,10 +108,15 @@ def _transposed_copy(x_AB):
   optimization barrier on ``x.T`` alone keeps the transpose a column-major view
   (a bitcast); flattening it first forces the copy.
   """
-  return jax.lax.optimization_barrier(x_AB.T.reshape(-1)).reshape(x_AB.shape[::-1])
+  return _row_major(x_AB.T)
 
 
-def _cpu_dot(a, b, equation: str | None = None):
+def _row_major(x):
+  """``x`` as a row-major array of its own, so XLA cannot fold the transpose that made it into its reader."""
+  return jax.lax.optimization_barrier(x.reshape(-1)).reshape(x.shape)
+
+
+def _cpu_dot(a, b, equation: str | None = None, out_dtype=None):
   """``a @ b`` (or ``jnp.einsum(equation, a, b)``) on XLA:CPU; 16-bit operands accumulate into f32.
 
   A bf16 x bf16 -> bf16 dot runs in a slow generic kernel on XLA:CPU, while
@@ -120,11 +125,11 @@ def _cpu_dot(a, b, equation: str | None = None):
   ``_transposed_copy`` in the backward pass the bf16 step at nanoGPT's
   shakespeare_char shapes runs 1.78x faster than the f32 one there, against 0.94x
   with bf16 results (docs/perf_notes.md). The result is rounded back to the
-  operands' dtype, so callers see the dtypes they did before.
+  operands' dtype (or to ``out_dtype``), so callers see the dtypes they did before.
   """
   kw = {} if a.dtype == jnp.float32 else {'preferred_element_type': jnp.float32}
   out = jnp.matmul(a, b, **kw) if equation is None else jnp.einsum(equation, a, b, **kw)
-  return out.astype(a.dtype)
+  return out.astype(out_dtype or a.dtype)
 
 
 _cpu_matmul.defvjp(_cpu_matmul_fwd, _cpu_matmul_bwd)
@@ -209,15 +214,71 @@ def causal_attention_in_blocks(q_BLHK, k_BLHK, v_BLHK, mask_B1LL, block: int = A
 
 def _xla_attention(q_BLHK, k_BSHK, v_BSHK, mask_B1LS):
   """``jax.nn.dot_product_attention(implementation='xla')``'s arithmetic: f32 scores and softmax (and, for
-  16-bit inputs, the probabilities times values accumulated in f32: ``_cpu_dot``)."""
-  precision = {jnp.bfloat16: jax.lax.DotAlgorithmPreset.BF16_BF16_F32,
-               jnp.float16: jax.lax.DotAlgorithmPreset.F16_F16_F32}.get(q_BLHK.dtype.type)
-  logits_BHLS = jnp.einsum('BLHK,BSHK->BHLS', q_BLHK, k_BSHK, precision=precision,
-                           preferred_element_type=jnp.float32)
+  16-bit inputs, every dot on 16-bit operands accumulated in f32: ``_attention_16bit``)."""
+  if q_BLHK.dtype != jnp.float32:
+    return _attention_16bit(q_BLHK, k_BSHK, v_BSHK, mask_B1LS)
+  logits_BHLS = jnp.einsum('BLHK,BSHK->BHLS', q_BLHK, k_BSHK)
   logits_BHLS *= jnp.array(q_BLHK.shape[-1] ** -0.5, jnp.float32)
   logits_BHLS = jnp.where(mask_B1LS, logits_BHLS, -0.7 * jnp.finfo(jnp.float32).max)
-  probs_BHLS = jax.nn.softmax(logits_BHLS, axis=-1).astype(v_BSHK.dtype)
-  return _cpu_dot(probs_BHLS, v_BSHK, 'BHLS,BSHK->BLHK')
+  probs_BHLS = jax.nn.softmax(logits_BHLS, axis=-1)
+  return jnp.einsum('BHLS,BSHK->BLHK', probs_BHLS, v_BSHK)
+
+
+def _heads_first(x_BLHK):
+  return _row_major(x_BLHK.transpose(0, 2, 1, 3))
+
+
+def _swap(x):
+  """The last two dims swapped, as a row-major copy (``_row_major``)."""
+  return _row_major(jnp.swapaxes(x, -1, -2))
+
+
+def _attention_probs(q_BHLK, kT_BHKS, mask_B1LS):
+  """Softmax of the scaled, masked scores, in f32 (the scores a 16-bit dot accumulated in f32)."""
+  logits_BHLS = _cpu_dot(q_BHLK, kT_BHKS, 'BHLK,BHKS->BHLS', out_dtype=jnp.float32)
+  logits_BHLS *= jnp.array(q_BHLK.shape[-1] ** -0.5, jnp.float32)
+  logits_BHLS = jnp.where(mask_B1LS, logits_BHLS, -0.7 * jnp.finfo(jnp.float32).max)
+  return jax.nn.softmax(logits_BHLS, axis=-1)
+
+
+@jax.custom_vjp
+def _attention_16bit(q_BLHK, k_BSHK, v_BSHK, mask_B1LS):
+  """``_xla_attention`` for 16-bit inputs on XLA:CPU, every dot [M, K] x [K, N] on row-major 16-bit operands.
+
+  YNNPACK's bf16 GEMM (AMX on a Xeon that has it) takes only that form; XLA:CPU
+  upcasts the other bf16 dots to f32 ones (``_transposed_copy``), which left the
+  scores, probabilities x values and their gradients at ~50 GFLOP/s, a fifth of
+  the Linear layers' bf16 dots, in the bf16 step at nanoGPT's shakespeare_char
+  shapes (docs/perf_notes.md). So the heads go first in row-major copies, and the
+  backward pass is written out with its transposes copied, as ``_cpu_matmul``'s.
+  Scores, softmax and its gradient stay f32, as in ``jax.nn.dot_product_attention``.
+  """
+  return _attention_16bit_fwd(q_BLHK, k_BSHK, v_BSHK, mask_B1LS)[0]
+
+
+def _attention_16bit_fwd(q_BLHK, k_BSHK, v_BSHK, mask_B1LS):
+  q_BHLK, kT_BHKS, v_BHSK = _heads_first(q_BLHK), _swap(_heads_first(k_BSHK)), _heads_first(v_BSHK)
+  probs_BHLS = _attention_probs(q_BHLK, kT_BHKS, mask_B1LS)
+  out_BHLK = _cpu_dot(probs_BHLS.astype(v_BHSK.dtype), v_BHSK, 'BHLS,BHSK->BHLK')
+  return out_BHLK.transpose(0, 2, 1, 3), (q_BHLK, kT_BHKS, v_BHSK, probs_BHLS, mask_B1LS)
+
+
+def _attention_16bit_bwd(residuals, dout_BLHK):
+  q_BHLK, kT_BHKS, v_BHSK, probs_BHLS, mask_B1LS = residuals
+  dtype = q_BHLK.dtype
+  dout_BHLK = _heads_first(dout_BLHK.astype(dtype))
+  dv_BHSK = _cpu_dot(_swap(probs_BHLS.astype(dtype)), dout_BHLK, 'BHSL,BHLK->BHSK')
+  dprobs_BHLS = _cpu_dot(dout_BHLK, _swap(v_BHSK), 'BHLK,BHKS->BHLS', out_dtype=jnp.float32)
+  # softmax's VJP, then the scale (the masked scores are constants: their probabilities are 0)
+  dlogits_BHLS = probs_BHLS * (dprobs_BHLS - jnp.sum(dprobs_BHLS * probs_BHLS, axis=-1, keepdims=True))
+  dlogits_BHLS = (dlogits_BHLS * jnp.array(q_BHLK.shape[-1] ** -0.5, jnp.float32)).astype(dtype)
+  dq_BHLK = _cpu_dot(dlogits_BHLS, _swap(kT_BHKS), 'BHLS,BHSK->BHLK')
+  dk_BHSK = _cpu_dot(_swap(dlogits_BHLS), q_BHLK, 'BHSL,BHLK->BHSK')
+  to_BLHK = lambda x: x.transpose(0, 2, 1, 3)
+  return to_BLHK(dq_BHLK), to_BLHK(dk_BHSK), to_BLHK(dv_BHSK), None
+
+
+_attention_16bit.defvjp(_attention_16bit_fwd, _attention_16bit_bwd)
 
 
 class Attention(nn.Module):
