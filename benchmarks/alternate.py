@@ -69,6 +69,8 @@ VARIANTS = {
                      "layers._transposed_copy's copies)",
     'bf16_folded_transposes': "model.dtype='bfloat16', Linear's backward dots on x.T / w.T views, which XLA "
                               'upcasts to f32 dots (no layers._transposed_copy)',
+    'f32_row_major_attention': 'f32 attention through layers._attention_16bit (heads-first row-major copies, '
+                               'its written-out backward) in place of the einsums on [B, L, H, K] operands',
     'bf16_upcast_attention': "model.dtype='bfloat16', 16-bit attention as einsums on [B, L, H, K] operands, "
                              'which XLA upcasts to f32 dots (before 2026-12-03: no layers._attention_16bit)',
 }
@@ -335,6 +337,9 @@ def building(variant: str):
     elif variant == 'bf16_folded_transposes':
       from lmjax.models import layers  # pylint: disable=g-import-not-at-top
       stack.enter_context(_setattr(layers, '_transposed_copy', lambda x: jax.lax.optimization_barrier(x.T)))
+    elif variant == 'f32_row_major_attention':
+      from lmjax.models import layers  # pylint: disable=g-import-not-at-top
+      stack.enter_context(_setattr(layers, '_xla_attention', layers._attention_16bit))  # pylint: disable=protected-access
     elif variant == 'bf16_upcast_attention':
       from lmjax.models import layers  # pylint: disable=g-import-not-at-top
       stack.enter_context(_setattr(layers, '_attention_16bit', _upcast_attention))
