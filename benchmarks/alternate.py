@@ -71,12 +71,14 @@ VARIANTS = {
                               'upcasts to f32 dots (no layers._transposed_copy)',
     'f32_row_major_attention': 'f32 attention through layers._attention_16bit (heads-first row-major copies, '
                                'its written-out backward) in place of the einsums on [B, L, H, K] operands',
+    'bf16_gelu': "model.dtype='bfloat16', GELU computed in bf16 (before 2026-12-03: no f32 in layers.gelu)",
     'bf16_upcast_attention': "model.dtype='bfloat16', 16-bit attention as einsums on [B, L, H, K] operands, "
                              'which XLA upcasts to f32 dots (before 2026-12-03: no layers._attention_16bit)',
 }
 
 _CONFIG = {  # variants that change the config (as `lmjax.main --config.KEY=VALUE` would)
-    v: {'model.dtype': 'bfloat16'} for v in ('bf16', 'bf16_out_dots', 'bf16_folded_transposes', 'bf16_upcast_attention')}
+    v: {'model.dtype': 'bfloat16'} for v in ('bf16', 'bf16_out_dots', 'bf16_folded_transposes', 'bf16_upcast_attention',
+                                             'bf16_gelu')}
 
 _ALIASES = {  # named XLA-option variants, in the xla:NAME=VALUE form
     'no_eigen_threads': 'xla:xla_cpu_multi_thread_eigen=false',
@@ -340,6 +342,14 @@ def building(variant: str):
     elif variant == 'f32_row_major_attention':
       from lmjax.models import layers  # pylint: disable=g-import-not-at-top
       stack.enter_context(_setattr(layers, '_xla_attention', layers._attention_16bit))  # pylint: disable=protected-access
+    elif variant == 'bf16_gelu':
+      import math  # pylint: disable=g-import-not-at-top
+      from lmjax.models import layers  # pylint: disable=g-import-not-at-top
+
+      def gelu_16bit(x, approximate):
+        assert not approximate, 'bf16_gelu: the exact GELU only'
+        return 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
+      stack.enter_context(_setattr(layers, 'gelu', gelu_16bit))
     elif variant == 'bf16_upcast_attention':
       from lmjax.models import layers  # pylint: disable=g-import-not-at-top
       stack.enter_context(_setattr(layers, '_attention_16bit', _upcast_attention))
