@@ -223,10 +223,15 @@ def _xla_attention(q_BLHK, k_BSHK, v_BSHK, mask_B1LS):
   if q_BLHK.dtype != jnp.float32:
     return _attention_16bit(q_BLHK, k_BSHK, v_BSHK, mask_B1LS)
   logits_BHLS = jnp.einsum('BLHK,BSHK->BHLS', q_BLHK, k_BSHK)
-  logits_BHLS *= jnp.array(q_BLHK.shape[-1] ** -0.5, jnp.float32)
-  logits_BHLS = jnp.where(mask_B1LS, logits_BHLS, -0.7 * jnp.finfo(jnp.float32).max)
-  probs_BHLS = jax.nn.softmax(logits_BHLS, axis=-1)
+  probs_BHLS = _masked_softmax(logits_BHLS, mask_B1LS, q_BLHK.shape[-1])
   return jnp.einsum('BHLS,BSHK->BLHK', probs_BHLS, v_BSHK)
+
+
+def _masked_softmax(logits_BHLS, mask_B1LS, head_dim: int):
+  """Softmax over keys of the f32 scores scaled by 1/sqrt(head_dim), masked keys at -0.7 * f32 max."""
+  logits_BHLS *= jnp.array(head_dim ** -0.5, jnp.float32)
+  logits_BHLS = jnp.where(mask_B1LS, logits_BHLS, -0.7 * jnp.finfo(jnp.float32).max)
+  return jax.nn.softmax(logits_BHLS, axis=-1)
 
 
 def _heads_first(x_BLHK):
@@ -241,9 +246,7 @@ def _swap(x):
 def _attention_probs(q_BHLK, kT_BHKS, mask_B1LS):
   """Softmax of the scaled, masked scores, in f32 (the scores a 16-bit dot accumulated in f32)."""
   logits_BHLS = _cpu_dot(q_BHLK, kT_BHKS, 'BHLK,BHKS->BHLS', out_dtype=jnp.float32)
-  logits_BHLS *= jnp.array(q_BHLK.shape[-1] ** -0.5, jnp.float32)
-  logits_BHLS = jnp.where(mask_B1LS, logits_BHLS, -0.7 * jnp.finfo(jnp.float32).max)
-  return jax.nn.softmax(logits_BHLS, axis=-1)
+  return _masked_softmax(logits_BHLS, mask_B1LS, q_BHLK.shape[-1])
 
 
 @jax.custom_vjp
