@@ -197,25 +197,20 @@ class NanoGPT:
 
 
 def lmjax_config(spec: dict):
-  """configs/gpt.py with nanoGPT's bias=False block (learned positions, LayerNorm eps 1e-5 without bias, exact
-  GELU, no linear-layer biases, tied embeddings: the same 804,096 parameters at the cpu preset) and its
-  optimizer: AdamW(0.9, 0.99), weight decay 0.1 on every matrix including the embeddings, clip 1.0, warmup
-  100 then cosine to lr/10."""
-  from configs import gpt  # pylint: disable=g-import-not-at-top
-  c = gpt.get_config('tiny')
+  """configs/nanogpt.py (nanoGPT's bias=False model and optimizer: the same 804,096 parameters at the cpu
+  preset, with nanoGPT's 65-character vocabulary) at the spec's shapes, schedule, seed and dtype."""
+  from configs import nanogpt  # pylint: disable=g-import-not-at-top
+  c = nanogpt.get_config('cpu')
   m = c.model
   m.num_layers, m.embed_dim, m.num_heads = spec['n_layer'], spec['n_embd'], spec['n_head']
   m.mlp_dim, m.max_len, m.dropout_rate = 4 * spec['n_embd'], spec['block_size'], spec['dropout']
-  m.positions, m.norm, m.norm_eps, m.activation = 'learned', 'layernorm', 1e-5, 'gelu_exact'
-  m.use_bias, m.norm_bias = False, False
   c.data.seq_len, c.data.vocab_size = spec['block_size'], spec['vocab']
   c.train.batch_size, c.train.max_steps, c.seed = spec['batch_size'], spec['iters'], spec['init_seed']
-  c.train.grad_accum_steps = spec['lmjax_accum']
-  o = c.optim
-  o.learning_rate, o.min_lr_ratio = OPTIM['learning_rate'], OPTIM['min_lr'] / OPTIM['learning_rate']
-  o.warmup_steps, o.schedule_steps = OPTIM['warmup_iters'], spec['lr_decay_iters']
-  o.b1, o.b2, o.weight_decay, o.clip_norm = OPTIM['beta1'], OPTIM['beta2'], OPTIM['weight_decay'], OPTIM['grad_clip']
-  o.decay_embeddings = True
+  c.train.grad_accum_steps, c.optim.schedule_steps = spec['lmjax_accum'], spec['lr_decay_iters']
+  o = c.optim  # nanoGPT's side takes OPTIM: the two must not drift apart
+  assert (o.learning_rate, o.learning_rate * o.min_lr_ratio, o.warmup_steps, o.b1, o.b2, o.weight_decay,
+          o.clip_norm) == tuple(OPTIM[k] for k in ('learning_rate', 'min_lr', 'warmup_iters', 'beta1', 'beta2',
+                                                   'weight_decay', 'grad_clip')), 'configs/nanogpt.py != OPTIM'
   if spec['bf16']:
     m.dtype = 'bfloat16'
   for override in spec['lmjax']:

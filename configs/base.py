@@ -26,7 +26,8 @@ def get_config():
   d.tokenizer_path = ''             # tokenizer to use: a sentencepiece .model or a Hugging Face tokenizer.json;
                                     # '' trains a sentencepiece one into the workdir
   d.vocab_size = 2048               # vocabulary size when training a tokenizer
-  d.tokenizer_type = 'bpe'          # 'bpe' | 'unigram' (when training a tokenizer)
+  d.tokenizer_type = 'bpe'          # 'bpe' | 'unigram' | 'char' (one token per character; vocab_size is
+                                    # then an upper bound) when training a tokenizer
 
   c.model = m = config_dict.ConfigDict()
   m.max_len = 1024                  # longest sequence the model supports (learned positions table size)

@@ -28,6 +28,8 @@ def _variants(path):
   name = os.path.basename(path)
   if name == 'gpt.py':
     return [(module, s) for s in SIZES]
+  if name == 'nanogpt.py':
+    return [(module, s) for s in module.PRESETS]
   if name == 'bert.py':
     return [(module, s) for s in module._SIZES]  # pylint: disable=protected-access
   return [(module, None)]

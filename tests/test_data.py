@@ -41,6 +41,23 @@ def test_tokenizer_roundtrip_is_exact_and_bytes_add_up(docs, tok):
   assert tok.decode([tok.bos_id, *tok.encode('hello'), tok.mask_id, tok.eos_id]) == 'hello'
 
 
+def test_char_tokenizer_is_one_token_per_character(tmp_path):
+  """tokenizer_type='char' (nanoGPT's character vocabulary): a piece per character the corpus has, plus the
+  special ids; vocab_size only caps it. Round trip exact, one token per character (+ the leading marker)."""
+  docs = ['First Citizen:\nBefore we proceed any further, hear me speak.', 'All:\nSpeak, speak. 12 zebras!']
+  tok = tokenizer_lib.train_tokenizer(docs, str(tmp_path / 'char.model'), 256, 'char')
+  chars = set(''.join(docs)) - {'\n'}  # newline is a user-defined piece; the space becomes sentencepiece's marker
+  assert tok.vocab_size == len(chars) + 6  # pad, unk, bos, eos, <mask>, newline
+  for doc in docs:
+    ids = tok.encode(doc)
+    assert tok.decode(ids) == doc and len(ids) == len(doc) + 1
+  assert tok.token_bytes()[tok.encode(docs[0])].sum() == len(docs[0]) + 1
+  assert tokenizer_lib.trainer_options('char') == (1.0, False)  # no 256 byte pieces
+  assert tokenizer_lib.trainer_options('bpe') == (0.9995, True)
+  with pytest.raises(ValueError, match="tokenizer_type='word'"):
+    tokenizer_lib.train_tokenizer(docs, str(tmp_path / 'w.model'), 256, 'word')
+
+
 def test_word_starts(tok):
   starts = tok.word_starts()
   for i in tok.special_ids:

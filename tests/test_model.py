@@ -112,6 +112,10 @@ def test_layernorm_without_bias_matches_nanogpt_count():
   assert not [n for n in names if n.endswith('bias')]
   assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params)) == cfg.num_params() == 804_096
   assert ModelConfig(**{**dataclasses.asdict(cfg), 'norm_bias': True}).num_params() == 804_096 + 9 * 128
+  # configs/nanogpt.py:cpu is that model (with nanoGPT's 65-character vocabulary, eps and exact GELU).
+  from configs import nanogpt  # pylint: disable=g-import-not-at-top
+  assert (ModelConfig(vocab_size=65, **nanogpt.get_config('cpu').model.to_dict())
+          == dataclasses.replace(cfg, norm_eps=1e-5, activation='gelu_exact'))
 
 
 def test_bert_base_encoder_shapes_and_count():

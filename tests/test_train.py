@@ -59,6 +59,21 @@ def test_train_writes_artifacts_and_learns(corpus, tmp_path):
   assert 'eval_perplexity' in records[-1]
 
 
+def test_nanogpt_config_trains_a_character_model(corpus, tmp_path):
+  """configs/nanogpt.py:cpu end to end: a character tokenizer trained into the workdir, and the model learns."""
+  from configs import nanogpt  # pylint: disable=g-import-not-at-top
+  from lmjax.data import tokenizer  # pylint: disable=g-import-not-at-top
+  c = nanogpt.get_config('cpu')
+  c.data.source, c.data.paths = 'text', corpus
+  c.train.max_steps = c.train.eval_every = c.checkpoint.every = 200
+  c.train.batch_size = 16  # 12 does not split over the suite's 8 CPU devices
+  result = train.train_and_evaluate(c, str(tmp_path))
+  tok = tokenizer.Tokenizer(str(tmp_path / 'tokenizer.model'))
+  pieces = [tok.id_to_piece(i) for i in range(tok.vocab_size) if i not in (*tok.special_ids, tokenizer.UNK)]
+  assert 40 < tok.vocab_size < 256 and all(len(p) == 1 for p in pieces), pieces
+  assert result['eval_perplexity'] < 0.9 * _baselines(c, str(tmp_path))['unigram_perplexity']
+
+
 @pytest.mark.slow  # 300 steps; MLM training is also covered by resume and sharding tests
 def test_mlm_learns_beyond_the_unigram_baseline(corpus, tmp_path):
   c = tiny_config(corpus, **{'objective': 'mlm', 'train.max_steps': 300, 'train.eval_every': 300,

@@ -57,9 +57,12 @@ flags.DEFINE_float('test_fraction', 0.01, 'Fraction of documents held out for te
 flags.DEFINE_integer('seed', 0, 'Seed of the document shuffle that makes the splits.')
 flags.DEFINE_string('tokenizer_path', '', 'Use this lmjax sentencepiece model instead of training one.')
 flags.DEFINE_integer('vocab_size', 8000, 'Vocabulary size of the trained tokenizer.')
-flags.DEFINE_enum('tokenizer_type', 'bpe', ['bpe', 'unigram'], 'sentencepiece model type.')
-flags.DEFINE_bool('byte_fallback', True, 'Unknown characters become UTF-8 byte tokens instead of <unk>.')
-flags.DEFINE_float('character_coverage', 0.9995, 'Fraction of characters the vocabulary must cover.')
+flags.DEFINE_enum('tokenizer_type', 'bpe', ['bpe', 'unigram', 'char'],
+                  "sentencepiece model type ('char': one token per character, as nanoGPT's shakespeare_char).")
+flags.DEFINE_bool('byte_fallback', None, 'Unknown characters become UTF-8 byte tokens instead of <unk> '
+                  '(default: on, off for --tokenizer_type=char).')
+flags.DEFINE_float('character_coverage', None, 'Fraction of characters the vocabulary must cover '
+                   '(default: 0.9995, 1 for --tokenizer_type=char).')
 flags.DEFINE_integer('tokenizer_max_chars', 50_000_000, 'Train the tokenizer on at most this many characters '
                      'of the (shuffled) training split.')
 flags.DEFINE_float('shard_mb', 128.0, 'Target size of one ArrayRecord shard, in MB of tokens.')

@@ -60,8 +60,8 @@ class Options:
   tokenizer_path: str = ''
   vocab_size: int = 8000
   tokenizer_type: str = 'bpe'
-  byte_fallback: bool = True
-  character_coverage: float = 0.9995
+  byte_fallback: bool | None = None       # None: tokenizer.trainer_options' default for tokenizer_type
+  character_coverage: float | None = None
   tokenizer_max_chars: int = 50_000_000
   shard_mb: float = 128.0
   num_workers: int = 1
@@ -259,6 +259,7 @@ class _Run:
     except ValueError as e:  # its hints name the training config's keys; here they are flags
       raise ValueError(str(e).replace('--config.data.', '--')) from e
     sp = spm.SentencePieceProcessor(model_file=path)
+    trained = tokenizer_lib.trainer_options(opts.tokenizer_type, opts.character_coverage, opts.byte_fallback)
     ids = {'pad': sp.pad_id(), 'unk': sp.unk_id(), 'bos': sp.bos_id(), 'eos': sp.eos_id(),
            'mask': sp.PieceToId(tokenizer_lib.MASK_PIECE)}
     want = {'pad': tokenizer_lib.PAD, 'unk': tokenizer_lib.UNK, 'bos': tokenizer_lib.BOS,
@@ -269,8 +270,8 @@ class _Run:
     self.report['tokenizer'] = {
         'file': prepared.TOKENIZER, 'source': opts.tokenizer_path or 'trained on the training split',
         'type': None if opts.tokenizer_path else opts.tokenizer_type, 'vocab_size': sp.GetPieceSize(),
-        'byte_fallback': None if opts.tokenizer_path else opts.byte_fallback,
-        'character_coverage': None if opts.tokenizer_path else opts.character_coverage,
+        'byte_fallback': None if opts.tokenizer_path else trained[1],
+        'character_coverage': None if opts.tokenizer_path else trained[0],
         'trained_on_chars': None if opts.tokenizer_path else chars, 'special_ids': ids}
     return path
 

@@ -221,17 +221,35 @@ class HfTokenizer:
     return out
 
 
+TOKENIZER_TYPES = ('bpe', 'unigram', 'char')
+
+
+def trainer_options(model_type: str, character_coverage: float | None = None,
+                    byte_fallback: bool | None = None) -> tuple[float, bool]:
+  """(character coverage, byte fallback), the defaults filled in: 0.9995 and on for 'bpe' and 'unigram'; for
+  'char', nanoGPT's character vocabulary, every character of the corpus and no byte pieces."""
+  if model_type not in TOKENIZER_TYPES:
+    raise ValueError(f"data.tokenizer_type={model_type!r}: use one of {', '.join(TOKENIZER_TYPES)}")
+  char = model_type == 'char'
+  return (character_coverage if character_coverage is not None else 1.0 if char else 0.9995,
+          byte_fallback if byte_fallback is not None else not char)
+
+
 def train_tokenizer(docs: list[str], model_path: str, vocab_size: int, model_type: str = 'bpe',
-                    character_coverage: float = 0.9995, byte_fallback: bool = True) -> Tokenizer:
-  """Trains a sentencepiece model on the documents' lines and writes it atomically to ``model_path``."""
-  if model_type not in ('bpe', 'unigram'):
-    raise ValueError(f"data.tokenizer_type={model_type!r}: use 'bpe' or 'unigram'")
+                    character_coverage: float | None = None, byte_fallback: bool | None = None) -> Tokenizer:
+  """Trains a sentencepiece model on the documents' lines and writes it atomically to ``model_path``.
+
+  ``model_type`` 'char' makes one piece per character (plus the special ids and the newline);
+  ``vocab_size`` is then an upper bound, not the size. Defaults: ``trainer_options``.
+  """
+  character_coverage, byte_fallback = trainer_options(model_type, character_coverage, byte_fallback)
   lines = [line for d in docs for line in d.splitlines() if line.strip()]
   model = io.BytesIO()
   try:
     spm.SentencePieceTrainer.Train(
         sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab_size, model_type=model_type,
         character_coverage=character_coverage, byte_fallback=byte_fallback,
+        hard_vocab_limit=model_type != 'char',  # char: as many pieces as the corpus has characters
         pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS, control_symbols=[MASK_PIECE],
         user_defined_symbols=['\n'],  # lines are trained separately; keep newline one token
         # 'identity' keeps text byte-exact, so decode(encode(x)) == x and bits per byte are honest.
