@@ -295,18 +295,21 @@ def test_prepared_reader_gives_random_access_documents(prepared_dir):
 # --- tokenizer ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize('kind', ['bpe', 'unigram'])
+@pytest.mark.parametrize('kind', ['bpe', 'unigram', 'char'])
 def test_tokenizer_has_the_special_ids_lmjax_expects(prepared_dir, corpus, tmp_path, kind):
   if kind == 'bpe':
     out, report = prepared_dir
     assert report['tokenizer']['trained_on_chars'] == report['splits']['train']['chars']
   else:  # and trained on a sample of the training split
-    out = tmp_path / 'uni'
-    report = prepare_lib.prepare(_options(corpus, out, tokenizer_type='unigram', tokenizer_max_chars=60_000))
+    out = tmp_path / kind
+    report = prepare_lib.prepare(_options(corpus, out, tokenizer_type=kind, tokenizer_max_chars=60_000))
     assert 60_000 <= report['tokenizer']['trained_on_chars'] < min(70_000, report['splits']['train']['chars'])
   tok = tokenizer_lib.Tokenizer(str(out / 'tokenizer.model'))
   assert (tok.pad_id, tok.unk_id, tok.bos_id, tok.eos_id, tok.mask_id) == (0, 1, 2, 3, 4)
-  assert tok.id_to_piece(tok.mask_id) == '<mask>' and tok.vocab_size == 512
+  # 'char': as many pieces as the sample has characters (512 only caps it), every one covered, no byte pieces
+  assert tok.id_to_piece(tok.mask_id) == '<mask>' and (tok.vocab_size == 512) == (kind != 'char')
+  assert ((report['tokenizer']['byte_fallback'], report['tokenizer']['character_coverage'])
+          == ((False, 1.0) if kind == 'char' else (True, 0.9995)))
   assert report['tokenizer']['special_ids'] == {'pad': 0, 'unk': 1, 'bos': 2, 'eos': 3, 'mask': 4}
   assert report['tokenizer']['type'] == kind
   sp = spm.SentencePieceProcessor(model_file=str(out / 'tokenizer.model'))
