@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
-import time
 
 import numpy as np
 from absl import app, flags
@@ -175,8 +173,7 @@ def main(argv):
   print(f"transformers: {hf['version']}; lmjax: {jx['version']}; {interleave.load_note(results)}")
   os.makedirs(os.path.dirname(f.json), exist_ok=True)
   with open(f.json, 'w', encoding='utf-8') as out:
-    json.dump({'spec': spec, 'results': results, 'command': ' '.join(sys.argv), 'cpus': os.cpu_count(),
-               'machine': platform.processor() or platform.machine(), 'date': time.strftime('%Y-%m-%d')}, out, indent=2)
+    json.dump({'spec': spec, 'results': results, **interleave.run_record(sys.argv)}, out, indent=2)
   print(f'wrote {f.json}')
 
 

@@ -111,6 +111,37 @@ def _recv(proc, conn):
   return conn.recv()
 
 
+
+def cpu_name() -> str:
+  """The processor, as /proc/cpuinfo names it (vendor, family, model; the ratios move with it), else platform's."""
+  import platform  # pylint: disable=g-import-not-at-top
+  info = {}
+  try:
+    with open('/proc/cpuinfo', encoding='utf-8') as f:
+      for line in f:
+        key, _, value = line.partition(':')
+        info.setdefault(key.strip(), value.strip())
+  except OSError:
+    pass
+  if 'model name' not in info:
+    return platform.processor() or platform.machine()
+  return f"{info['model name']} (family {info.get('cpu family', '?')}, model {info.get('model', '?')})"
+
+
+def run_record(argv: list[str]) -> dict:
+  """What a results file says of its run: the command line (a checkout's path as NANOGPT, the --json file by
+  name, so the line reads the same on any machine), the processor, its CPU count and the date."""
+  def clean(arg: str) -> str:
+    if arg.startswith('--nanogpt_dir='):
+      return '--nanogpt_dir=NANOGPT'
+    if arg.startswith('--json='):
+      return '--json=' + os.path.basename(arg.split('=', 1)[1])
+    return arg
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  script = os.path.relpath(os.path.abspath(argv[0]), repo)  # as run from the repository's root
+  return {'command': ' '.join(['python', script] + [clean(a) for a in argv[1:]]),
+          'machine': cpu_name(), 'cpus': os.cpu_count(), 'date': time.strftime('%Y-%m-%d')}
+
 def compare(targets: dict[str, str], spec: dict, *, iters: int, chunk: int, eval_every: int = 0,
             on_eval=None, max_wait: float = 60.0, environ: dict[str, dict[str, str]] | None = None) -> dict:
   """Trains every target for ``iters`` iterations in turns; returns timings, losses and the machine load.

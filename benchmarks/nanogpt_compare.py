@@ -45,9 +45,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import sys
-import time
 
 import numpy as np
 from absl import app, flags
@@ -341,8 +339,7 @@ def main(argv):
   for name in ('nanogpt', 'lmjax'):
     del results[name]['chunk_ms']  # keep the file small
   with open(path, 'w', encoding='utf-8') as f:
-    json.dump({'spec': spec, 'results': results, 'command': ' '.join(sys.argv), 'machine': platform.processor()
-               or platform.machine(), 'cpus': os.cpu_count(), 'date': time.strftime('%Y-%m-%d')}, f, indent=2)
+    json.dump({'spec': spec, 'results': results, **interleave.run_record(sys.argv)}, f, indent=2)
   print(f'wrote {path}')
 
 

@@ -128,3 +128,13 @@ def test_hand_count_matches_the_model_program(mlm):
   assert counted == full
   assert cfg.flops_per_token(L) == pytest.approx(3 * (counted - (LAYERS * H * L * (L - 1) // 2 * 4 * K
                                                                   if not mlm else 0)) / L)
+
+
+def test_results_files_record_a_command_that_reads_the_same_on_any_machine():
+  """benchmarks/interleave.run_record: the nanoGPT checkout as NANOGPT, the --json file by name, the CPU named."""
+  sys.path.insert(0, os.path.join(REPO, 'benchmarks'))
+  import interleave  # pylint: disable=g-import-not-at-top
+  r = interleave.run_record([os.path.join(REPO, 'benchmarks', 'nanogpt_compare.py'), '--nanogpt_dir=/home/me/nanoGPT',
+                             '--json=/tmp/out/cpu.json', '--preset=cpu'])
+  assert r['command'] == 'python benchmarks/nanogpt_compare.py --nanogpt_dir=NANOGPT --json=cpu.json --preset=cpu'
+  assert r['machine'] and r['cpus'] == os.cpu_count() and len(r['date']) == 10
