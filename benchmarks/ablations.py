@@ -177,7 +177,7 @@ def main(argv):
   path = f.json or os.path.join(REPO, 'benchmarks', 'results', f'ablations_{f.shapes}.json')
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, 'w', encoding='utf-8') as out:
-    json.dump({'shapes': shape, 'results': best, 'command': ' '.join(sys.argv)}, out, indent=2)
+    json.dump({'shapes': shape, 'results': best, **interleave.run_record(sys.argv)}, out, indent=2)
   print(f'wrote {path}')
 
 

@@ -43,6 +43,7 @@ for path in (REPO, os.path.dirname(os.path.abspath(__file__))):
   if path not in sys.path:
     sys.path.insert(0, path)
 import ablations  # pylint: disable=g-import-not-at-top,wrong-import-position  (benchmarks/, the script's dir)
+import interleave  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 VARIANTS = {
     'lmjax': 'as shipped',
@@ -539,7 +540,7 @@ def main(argv):
       print(f"| {n:22s} | {r['median_ms']:16.1f} | {r['ratio']:7.3f}x | {r['what']}")
   if _JSON.value:
     with open(_JSON.value, 'w', encoding='utf-8') as f:
-      json.dump({'shapes': shape, 'results': results, 'command': ' '.join(sys.argv)}, f, indent=2)
+      json.dump({'shapes': shape, 'results': results, **interleave.run_record(sys.argv)}, f, indent=2)
 
 
 if __name__ == '__main__':
