@@ -1,4 +1,4 @@
-"""Text generation from a trained workdir, with a KV cache.
+"""Text generation from a trained workdir, with a KV cache (past the model's context: ``in_windows``).
 
   python -m lmjax.sample --workdir=runs/default --prompt="The for statement" [--prompt=...] \
       [--max_new_tokens=200 --temperature=0.8 --top_k=0 --top_p=0.95 --seed=0 --num_samples=4 --stop=.]
@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import sys
 import time
 
@@ -84,29 +85,61 @@ def generate_uncached(model: Transformer, params, prompt_BP, rng, *, max_new_tok
   return buf_BT[:, prompt_len:]
 
 
+def in_windows(run, prompt_BP: np.ndarray, rng, *, max_new_tokens: int, max_len: int) -> np.ndarray:
+  """[B, max_new_tokens] new tokens past the model's context, ``run(prompt_BP, rng, n)`` giving n at a time.
+
+  As nanoGPT's sample.py crops its context to block_size, but half a window at a
+  time so that the KV cache still does the work: the first window holds the
+  prompt (its last ``max_len - 1`` tokens at most) and fills the context; every
+  later one re-encodes the last ``max_len // 2`` tokens from position 0 and adds
+  ``max_len - max_len // 2``. So every token sees between half a context and a
+  full one, in the positions training used.
+  """
+  keep = max_len // 2
+  tokens_BT, new = prompt_BP[:, -(max_len - 1):], []
+  for window in itertools.count():
+    context_BP = tokens_BT if window == 0 else tokens_BT[:, -keep:]
+    n = max_len - context_BP.shape[1]  # one shape per later window: one compilation
+    new_BN = np.asarray(run(context_BP, jax.random.fold_in(rng, window), n))
+    new.append(new_BN)
+    tokens_BT = np.concatenate([context_BP, new_BN], axis=1)
+    if sum(x.shape[1] for x in new) >= max_new_tokens:
+      return np.concatenate(new, axis=1)[:, :max_new_tokens]
+
+
 def complete(model: Transformer, params, tokenizer, prompts: list[str], *, max_new_tokens: int,
              temperature: float, top_k: int = 0, top_p: float = 1.0, seed: int = 0, num_samples: int = 1,
              stop: tuple[str, ...] = ()) -> tuple[list[list[str]], dict[str, float]]:
   """``num_samples`` completions of each prompt (one batch per prompt), cut at EOS or the first stop string.
 
-  Returns (texts per prompt, {'tokens_per_sec', 'compile_sec', 'new_tokens'}): throughput counts
-  every generated token of every sample, timed after compilation.
+  A prompt and ``max_new_tokens`` longer than the model's context are generated
+  ``in_windows``. Returns (texts per prompt, {'tokens_per_sec', 'compile_sec',
+  'new_tokens'}): throughput counts every generated token of every sample, timed
+  after compilation.
   """
-  out, new_tokens, seconds, compile_sec = [], 0, 0.0, 0.0
+  out, new_tokens, timer, compiled = [], 0, {'run': 0.0, 'compile': 0.0}, {}
+
+  def run(prompt_BP, rng, n: int):
+    prompt_BP = jnp.asarray(prompt_BP, jnp.int32)
+    if (prompt_BP.shape, n) not in compiled:
+      start = time.perf_counter()
+      compiled[prompt_BP.shape, n] = generate.lower(model, params, prompt_BP, rng, max_new_tokens=n,
+                                                    temperature=temperature, top_k=top_k, top_p=top_p).compile()
+      timer['compile'] += time.perf_counter() - start
+    start = time.perf_counter()
+    new_BN = np.asarray(compiled[prompt_BP.shape, n](params, prompt_BP, rng))  # np.asarray waits for the device
+    timer['run'] += time.perf_counter() - start
+    return new_BN
+
+  max_len = model.config.max_len
   for n, text in enumerate(prompts):
     prompt = [tokenizer.bos_id] + tokenizer.encode(text)
-    if len(prompt) + max_new_tokens > model.config.max_len:
-      raise ValueError(f'prompt ({len(prompt)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the '
-                       f'model max_len {model.config.max_len}; shorten them')
-    prompt_BP = jnp.asarray(np.tile(prompt, (num_samples, 1)), jnp.int32)
+    prompt_BP = np.tile(np.asarray(prompt, np.int32), (num_samples, 1))
     rng = jax.random.fold_in(jax.random.key(seed), n)
-    start = time.perf_counter()
-    compiled = generate.lower(model, params, prompt_BP, rng, max_new_tokens=max_new_tokens,
-                              temperature=temperature, top_k=top_k, top_p=top_p).compile()
-    compile_sec += time.perf_counter() - start
-    start = time.perf_counter()
-    new_BT = np.asarray(compiled(params, prompt_BP, rng))  # np.asarray waits for the device
-    seconds += time.perf_counter() - start
+    if len(prompt) + max_new_tokens <= max_len:
+      new_BT = run(prompt_BP, rng, max_new_tokens)
+    else:
+      new_BT = in_windows(run, prompt_BP, rng, max_new_tokens=max_new_tokens, max_len=max_len)
     new_tokens += new_BT.size
     texts, prompt_text = [], tokenizer.decode(prompt[1:])
     for row in new_BT.tolist():
@@ -117,7 +150,7 @@ def complete(model: Transformer, params, tokenizer, prompts: list[str], *, max_n
         full = prompt_text + cut_at_stop(full[len(prompt_text):], stop)
       texts.append(full)
     out.append(texts)
-  return out, {'tokens_per_sec': new_tokens / seconds, 'compile_sec': compile_sec, 'new_tokens': new_tokens}
+  return out, {'tokens_per_sec': new_tokens / timer['run'], 'compile_sec': timer['compile'], 'new_tokens': new_tokens}
 
 
 def cut_at_stop(text: str, stop) -> str:

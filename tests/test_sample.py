@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from lmjax.models.transformer import ModelConfig, Transformer
-from lmjax.sample import cut_at_stop, generate, generate_uncached, sample_logits
+from lmjax.sample import cut_at_stop, generate, generate_uncached, in_windows, sample_logits
 
 
-def _model(positions, **kw):
-  cfg = ModelConfig(vocab_size=61, num_layers=2, embed_dim=32, num_heads=4, mlp_dim=64, max_len=64,
+def _model(positions, max_len=64, **kw):
+  cfg = ModelConfig(vocab_size=61, num_layers=2, embed_dim=32, num_heads=4, mlp_dim=64, max_len=max_len,
                     positions=positions, init_std=0.2, **kw)  # large init: peaked, non-trivial distributions
   model = Transformer(cfg)
   params = nn.meta.unbox(model.init(jax.random.key(1), jnp.zeros((1, 8), jnp.int32))['params'])
@@ -56,3 +56,29 @@ def test_top_k_and_top_p_restrict_support():
 def test_stop_strings_cut_at_the_earliest():
   assert cut_at_stop('abc. def\n\nghi', ('\n\n', '.')) == 'abc'
   assert cut_at_stop('abc def', ('.', '')) == 'abc def'
+
+
+def test_generation_past_the_context_slides_half_a_window_at_a_time():
+  """in_windows: 50 new tokens from a 16-token context. Window 0 continues the prompt to the full context; each
+  later one continues the last 8 tokens, re-encoded from position 0 (learned positions: nothing past 16)."""
+  model, params = _model('learned', max_len=16)
+  prompt = np.random.default_rng(0).integers(5, 61, (2, 5)).astype(np.int32)
+  calls = []
+
+  def run(context_BP, rng, n):
+    calls.append((context_BP.shape, n))
+    return generate(model, params, jnp.asarray(context_BP), rng, max_new_tokens=n, temperature=1.0)
+
+  new = in_windows(run, prompt, jax.random.key(0), max_new_tokens=50, max_len=16)
+  assert new.shape == (2, 50)
+  assert calls == [((2, 5), 11)] + [((2, 8), 8)] * 5  # 11 + 5 * 8 >= 50; one shape after the first
+  tokens = np.concatenate([prompt, new], axis=1)
+  for w in range(1, 6):  # each window is generate() on the 8 tokens before it, with its own key
+    start = 5 + 11 + 8 * (w - 1)
+    want = generate(model, params, jnp.asarray(tokens[:, start - 8:start]), jax.random.fold_in(jax.random.key(0), w),
+                    max_new_tokens=8, temperature=1.0)
+    np.testing.assert_array_equal(tokens[:, start:start + 8], np.asarray(want)[:, :max(0, min(8, 55 - start))])
+  # a prompt longer than the context keeps its last max_len - 1 tokens
+  calls.clear()
+  in_windows(run, np.zeros((1, 40), np.int32), jax.random.key(0), max_new_tokens=3, max_len=16)
+  assert calls == [((1, 15), 1), ((1, 8), 8)]
