@@ -111,7 +111,6 @@ def _recv(proc, conn):
   return conn.recv()
 
 
-
 def cpu_name() -> str:
   """The processor, as /proc/cpuinfo names it (vendor, family, model; the ratios move with it), else platform's."""
   import platform  # pylint: disable=g-import-not-at-top
@@ -141,6 +140,7 @@ def run_record(argv: list[str]) -> dict:
   script = os.path.relpath(os.path.abspath(argv[0]), repo)  # as run from the repository's root
   return {'command': ' '.join(['python', script] + [clean(a) for a in argv[1:]]),
           'machine': cpu_name(), 'cpus': os.cpu_count(), 'date': time.strftime('%Y-%m-%d')}
+
 
 def compare(targets: dict[str, str], spec: dict, *, iters: int, chunk: int, eval_every: int = 0,
             on_eval=None, max_wait: float = 60.0, environ: dict[str, dict[str, str]] | None = None) -> dict:

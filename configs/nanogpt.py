@@ -12,7 +12,7 @@ its optimizer: AdamW(0.9, 0.99), learning rate 1e-3 with 100 warmup steps then c
 0.1 on every matrix including the embedding, gradient clip 1.0. benchmarks/nanogpt_compare.py trains this
 config beside nanoGPT itself.
 
-Run on Tiny Shakespeare (nanoGPT holds out the last 10% of the text; lmjax 10% of its paragraphs):
+Run on Tiny Shakespeare (nanoGPT holds out the last 10% of the text; lmjax 10% of its 4,000-character pieces):
   python -m lmjax.main --config=configs/nanogpt.py:shakespeare_char --workdir=runs/shakespeare_char \
       --config.data.source=text --config.data.paths=tinyshakespeare.txt
 """

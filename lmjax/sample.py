@@ -95,16 +95,14 @@ def in_windows(run, prompt_BP: np.ndarray, rng, *, max_new_tokens: int, max_len:
   ``max_len - max_len // 2``. So every token sees between half a context and a
   full one, in the positions training used.
   """
-  keep = max_len // 2
-  tokens_BT, new = prompt_BP[:, -(max_len - 1):], []
+  context_BP, new, count = prompt_BP[:, -(max_len - 1):], [], 0
   for window in itertools.count():
-    context_BP = tokens_BT if window == 0 else tokens_BT[:, -keep:]
     n = max_len - context_BP.shape[1]  # one shape per later window: one compilation
-    new_BN = np.asarray(run(context_BP, jax.random.fold_in(rng, window), n))
-    new.append(new_BN)
-    tokens_BT = np.concatenate([context_BP, new_BN], axis=1)
-    if sum(x.shape[1] for x in new) >= max_new_tokens:
+    new.append(np.asarray(run(context_BP, jax.random.fold_in(rng, window), n)))
+    count += n
+    if count >= max_new_tokens:
       return np.concatenate(new, axis=1)[:, :max_new_tokens]
+    context_BP = np.concatenate([context_BP, new[-1]], axis=1)[:, -(max_len // 2):]
 
 
 def complete(model: Transformer, params, tokenizer, prompts: list[str], *, max_new_tokens: int,

@@ -130,9 +130,9 @@ def test_hand_count_matches_the_model_program(mlm):
                                                                   if not mlm else 0)) / L)
 
 
-def test_results_files_record_a_command_that_reads_the_same_on_any_machine():
+def test_results_files_record_a_command_that_reads_the_same_on_any_machine(monkeypatch):
   """benchmarks/interleave.run_record: the nanoGPT checkout as NANOGPT, the --json file by name, the CPU named."""
-  sys.path.insert(0, os.path.join(REPO, 'benchmarks'))
+  monkeypatch.syspath_prepend(os.path.join(REPO, 'benchmarks'))
   import interleave  # pylint: disable=g-import-not-at-top
   r = interleave.run_record([os.path.join(REPO, 'benchmarks', 'nanogpt_compare.py'), '--nanogpt_dir=/home/me/nanoGPT',
                              '--json=/tmp/out/cpu.json', '--preset=cpu'])

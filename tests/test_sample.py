@@ -77,7 +77,8 @@ def test_generation_past_the_context_slides_half_a_window_at_a_time():
     start = 5 + 11 + 8 * (w - 1)
     want = generate(model, params, jnp.asarray(tokens[:, start - 8:start]), jax.random.fold_in(jax.random.key(0), w),
                     max_new_tokens=8, temperature=1.0)
-    np.testing.assert_array_equal(tokens[:, start:start + 8], np.asarray(want)[:, :max(0, min(8, 55 - start))])
+    got = tokens[:, start:start + 8]  # the last window is cut at 50 new tokens
+    np.testing.assert_array_equal(got, np.asarray(want)[:, :got.shape[1]])
   # a prompt longer than the context keeps its last max_len - 1 tokens
   calls.clear()
   in_windows(run, np.zeros((1, 40), np.int32), jax.random.key(0), max_new_tokens=3, max_len=16)

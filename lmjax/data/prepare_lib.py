@@ -250,16 +250,15 @@ class _Run:
       sample.append(doc)
       chars += len(doc)
     try:
+      trained = tokenizer_lib.trainer_options(opts.tokenizer_type, opts.character_coverage, opts.byte_fallback)
       if opts.tokenizer_path:
         tokenizer_lib.Tokenizer(opts.tokenizer_path)  # checks it loads, with pad/bos/eos where lmjax needs them
         shutil.copyfile(opts.tokenizer_path, path)
       else:
-        tokenizer_lib.train_tokenizer(sample, path, opts.vocab_size, opts.tokenizer_type,
-                                      opts.character_coverage, opts.byte_fallback)
+        tokenizer_lib.train_tokenizer(sample, path, opts.vocab_size, opts.tokenizer_type, *trained)
     except ValueError as e:  # its hints name the training config's keys; here they are flags
       raise ValueError(str(e).replace('--config.data.', '--')) from e
     sp = spm.SentencePieceProcessor(model_file=path)
-    trained = tokenizer_lib.trainer_options(opts.tokenizer_type, opts.character_coverage, opts.byte_fallback)
     ids = {'pad': sp.pad_id(), 'unk': sp.unk_id(), 'bos': sp.bos_id(), 'eos': sp.eos_id(),
            'mask': sp.PieceToId(tokenizer_lib.MASK_PIECE)}
     want = {'pad': tokenizer_lib.PAD, 'unk': tokenizer_lib.UNK, 'bos': tokenizer_lib.BOS,
