@@ -35,6 +35,7 @@ from ml_collections import config_flags
 from lmjax import metrics as metrics_lib
 from lmjax import hostmem, objectives, sharding, train
 from lmjax import state as state_lib
+from lmjax.data import tokenizer as tokenizer_lib
 from lmjax.models.transformer import ModelConfig, Transformer
 
 # Special ids of lmjax tokenizers (lmjax/data/tokenizer.py); the bench has no tokenizer.
@@ -54,7 +55,11 @@ class Setup:
 
 
 def vocab_size(config: ml_collections.ConfigDict) -> int:
-  """The bench's vocabulary: config.data.vocab_size (what a trained tokenizer would have)."""
+  """The bench's vocabulary: the tokenizer's at ``data.tokenizer_path`` if one is given (the one training
+  would use), else ``data.vocab_size`` (what a trained tokenizer would have; with ``tokenizer_type='char'``
+  only a cap, since the corpus's characters decide: point ``tokenizer_path`` at a run's tokenizer.model)."""
+  if config.data.tokenizer_path:
+    return tokenizer_lib.load(config.data.tokenizer_path).vocab_size  # ValueError: a one-line error in main
   return config.data.vocab_size
 
 
@@ -154,7 +159,7 @@ def run(config: ml_collections.ConfigDict, *, steps_: int = 20, warmup: int = 3,
 def format_results(r: dict) -> str:
   mfu = f"{100 * r['mfu']:.1f}%" if r['mfu'] is not None else 'n/a'
   return '\n'.join([
-      f"{r['objective']} model, {r['num_params']:,} params; batch {r['batch_size']} x seq {r['seq_len']} "
+      f"{r['objective']} model, {r['num_params']:,} params, vocab {r['vocab_size']:,}; batch {r['batch_size']} x seq {r['seq_len']} "
       f"on {r['num_devices']} x {r['device_kind']} ({r['platform']})",
       f"compile:        {r['compile_time_s']:.2f} s",
       f"step time:      {1e3 * r['step_time_s']:.2f} ms median of {r['steps']} (min {1e3 * r['step_time_min_s']:.2f}, "

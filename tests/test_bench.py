@@ -12,6 +12,7 @@ import pytest
 
 from configs import gpt
 from lmjax import bench, metrics
+from lmjax.data import tokenizer as tokenizer_lib
 from lmjax.models.transformer import ModelConfig, Transformer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,6 +64,20 @@ def test_bench_cli_writes_consistent_json(tmp_path):
   r = json.loads(out.read_text())
   _check(r, 'clm')
   assert r['num_devices'] == 1
+
+
+def test_vocab_is_the_tokenizer_files_when_one_is_given(tmp_path):
+  # A char tokenizer's vocabulary is the corpus's characters; data.vocab_size is only its cap.
+  path = str(tmp_path / 'char.model')
+  tok = tokenizer_lib.train_tokenizer(['To be, or not to be: that is the question.'] * 20, path, 256, 'char')
+  c = _tiny_config()
+  c.data.tokenizer_type = 'char'
+  assert bench.vocab_size(c) == 64
+  c.data.tokenizer_path = path
+  assert bench.vocab_size(c) == tok.vocab_size < 64
+  c.data.tokenizer_path = str(tmp_path / 'missing.model')
+  with pytest.raises(ValueError, match='missing.model not found'):
+    bench.vocab_size(c)
 
 
 def test_matmul_ceiling_is_positive():
