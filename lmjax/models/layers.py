@@ -21,6 +21,15 @@ if TYPE_CHECKING:
   from lmjax.models.transformer import ModelConfig
 
 
+def compiling_for_cpu() -> bool:
+  """Whether the program being traced is for CPUs: the platform of the mesh in context (set by
+  ``lmjax.sharding.activate``; ``lmjax.aot`` compiles for TPUs on a CPU-only host), else this process's
+  default backend. The CPU-specific code paths below (``_cpu_matmul``, ``causal_attention_in_blocks``)
+  must not go into a program for another platform."""
+  device = jax.sharding.get_abstract_mesh().abstract_device  # None outside a mesh of real devices
+  return (device.platform if device is not None else jax.default_backend()) == 'cpu'
+
+
 def _constrain(x, names):
   """Logical sharding hint for an activation; a no-op outside a mesh context."""
   return nn.with_logical_constraint(x, names)
@@ -69,7 +78,7 @@ def _flat_matmul(equation: str, x, kernel):
   n = len([c for c in rhs if c in lhs])  # contracted dims
   assert lhs[-n:] == rhs[:n] and out == lhs[:-n] + rhs[n:], f'{equation}: not [.., in] x [in, out]'
   fan_in = math.prod(kernel.shape[:n])
-  matmul = _cpu_matmul if jax.default_backend() == 'cpu' else jnp.matmul
+  matmul = _cpu_matmul if compiling_for_cpu() else jnp.matmul
   y = matmul(x.reshape(-1, fan_in), kernel.reshape(fan_in, -1))
   return y.reshape(x.shape[:-n] + kernel.shape[n:])
 
@@ -317,7 +326,7 @@ class Attention(nn.Module):
     if decode:
       k_BLHK, v_BLHK, mask_B1LS = self._update_cache(k_BLHK, v_BLHK)
 
-    if cfg.causal and not decode and cfg.attention_impl == 'auto' and jax.default_backend() == 'cpu':
+    if cfg.causal and not decode and cfg.attention_impl == 'auto' and compiling_for_cpu():
       out_BLHK = causal_attention_in_blocks(q_BLHK, k_BLHK, v_BLHK, mask_B1LS)
     else:
       out_BLHK = jax.nn.dot_product_attention(
