@@ -42,7 +42,8 @@ def topology_devices(topology: str, num_slices: int = 1) -> list:
   """The compile-only devices of a TPU ``topology`` ('v5e:4x4', 'v4:2x2x2', 'v5p:2x2x1', 'v6e:2x2'), per slice."""
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   # Compile-only devices touch no chip, so libtpu's one-process-per-host lock (/tmp/libtpu_lockfile) is not
-  # needed: without this a second compiling process (or a TPU VM's training run) makes this one fail.
+  # needed: without this, a second process that has loaded libtpu (another compile, a test worker) makes
+  # this one fail.
   os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
   kwargs = {'num_slices': num_slices} if num_slices > 1 else {}
   try:
@@ -135,7 +136,7 @@ def format_report(r: dict) -> str:
       f"model FLOPs:     {r['model_flops_per_step']:.3e} per step",
   ]
   if r['ideal_step_s']:
-    lines.append(f"ideal step:      {1e3 * r['ideal_step_s']:,.1f} ms (those FLOPs at the chips' datasheet bf16 peak: "
+    lines.append(f"ideal step:      {1e3 * r['ideal_step_s']:,.3g} ms (those FLOPs at the chips' datasheet bf16 peak: "
                  'the step cannot be faster)')
   return '\n'.join(lines)
 
@@ -153,8 +154,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
-  # This host only compiles: its own runtime is the CPU (on a TPU VM, the chips stay the training run's),
-  # and XLA:TPU executables compiled without a TPU client cannot be read back from JAX's compilation cache.
+  # This process only compiles: its own runtime is the CPU (it claims none of the host's accelerators, if
+  # any), and JAX cannot read XLA:TPU executables compiled without a TPU client back from its cache.
   jax.config.update('jax_platforms', 'cpu')
   jax.config.update('jax_enable_compilation_cache', False)
   try:

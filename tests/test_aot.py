@@ -54,6 +54,14 @@ def test_fsdp_splits_the_state_over_the_chips(tpu_devices):
   assert split['state_bytes_per_device'] < 0.3 * replicated['state_bytes_per_device']
 
 
+def test_two_slices_put_data_parallelism_across_them(tpu_devices):  # the fixture: cache off
+  devices = aot.topology_devices(TPU, num_slices=2)
+  assert len(devices) == 8 and sorted({d.slice_index for d in devices}) == [0, 1]
+  r = aot.compile_train_step(_config(data=1, fsdp=-1, dcn_data=2), devices)
+  assert r['mesh'] == {'data': 2, 'fsdp': 4, 'tensor': 1}  # FSDP inside a slice, data across the two
+  assert r['state_bytes_per_device'] < 0.3 * 12 * r['num_params']
+
+
 def test_the_tpu_program_takes_none_of_the_cpu_paths(tpu_devices):
   # layers._cpu_matmul's backward pass puts optimization barriers around its transposes: CPU only.
   _, lowered = aot.lower_train_step(_config(), tpu_devices)
