@@ -34,6 +34,8 @@ from ml_collections import config_flags
 from lmjax import bench, objectives, sharding, train
 from lmjax import metrics as metrics_lib
 
+# One TPU VM host of each chip, as Cloud TPU names it (TPU_ACCELERATOR_TYPE).
+_ONE_HOST = {'v4': 'v4-8', 'v5p': 'v5p-8', 'v5e': 'v5litepod-4', 'v6e': 'v6e-4'}
 # HBM per chip (vendor figures), by jax ``device_kind`` prefix; XLA's own limit is a little lower.
 _HBM_GIB = (('TPU v6 lite', 32), ('TPU v5p', 95), ('TPU v5 lite', 16), ('TPU v5', 95), ('TPU v4', 32))
 
@@ -45,7 +47,16 @@ def topology_devices(topology: str, num_slices: int = 1) -> list:
   # needed: without this, a second process that has loaded libtpu (another compile, a test worker) makes
   # this one fail.
   os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
+  # This host as libtpu's start-up would find it on one TPU VM of that chip (no metadata server to ask):
+  # without these it prints a page of warnings; the compiled program is the same either way (checked).
+  chip = topology.split(':')[0]
+  if chip in _ONE_HOST:
+    for name, value in (('TPU_SKIP_MDS_QUERY', '1'), ('TPU_WORKER_HOSTNAMES', 'localhost'),
+                        ('TPU_ACCELERATOR_TYPE', _ONE_HOST[chip])):
+      os.environ.setdefault(name, value)
   kwargs = {'num_slices': num_slices} if num_slices > 1 else {}
+  if chip in ('v4', 'v5p'):  # one JAX device per chip (its two cores as one), as on those TPU VMs
+    kwargs['chip_config_name'] = 'megacore'
   try:
     return topologies.get_topology_desc(topology_name=topology, platform='tpu', **kwargs).devices
   except RuntimeError as e:  # libtpu missing, or a name it does not know (JaxRuntimeError)
@@ -119,8 +130,8 @@ def compile_train_step(config: ml_collections.ConfigDict, devices) -> dict:
 
 def format_report(r: dict) -> str:
   gib = lambda b: f'{b / 2**30:,.2f} GiB'
-  fits = (f" of {gib(r['hbm_bytes_per_device'])} HBM ({100 * r['total_bytes_per_device'] / r['hbm_bytes_per_device']:.0f}%)"
-          if r['hbm_bytes_per_device'] else '')
+  hbm = r['hbm_bytes_per_device']
+  fits = f" of {gib(hbm)} HBM ({100 * r['total_bytes_per_device'] / hbm:.0f}%)" if hbm else ''
   mesh = ' x '.join(f'{k} {v}' for k, v in r['mesh'].items())
   lines = [
       f"{r['objective']} model, {r['num_params']:,} params, vocab {r['vocab_size']:,}; batch {r['batch_size']} x "

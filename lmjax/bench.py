@@ -163,8 +163,8 @@ def run(config: ml_collections.ConfigDict, *, steps_: int = 20, warmup: int = 3,
 def format_results(r: dict) -> str:
   mfu = f"{100 * r['mfu']:.1f}%" if r['mfu'] is not None else 'n/a'
   return '\n'.join([
-      f"{r['objective']} model, {r['num_params']:,} params, vocab {r['vocab_size']:,}; batch {r['batch_size']} x seq {r['seq_len']} "
-      f"on {r['num_devices']} x {r['device_kind']} ({r['platform']})",
+      f"{r['objective']} model, {r['num_params']:,} params, vocab {r['vocab_size']:,}; batch {r['batch_size']} x "
+      f"seq {r['seq_len']} on {r['num_devices']} x {r['device_kind']} ({r['platform']})",
       f"compile:        {r['compile_time_s']:.2f} s",
       f"step time:      {1e3 * r['step_time_s']:.2f} ms median of {r['steps']} (min {1e3 * r['step_time_min_s']:.2f}, "
       f"mean {1e3 * r['step_time_mean_s']:.2f})",
