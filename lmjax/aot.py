@@ -36,12 +36,10 @@ from lmjax import metrics as metrics_lib
 
 # One TPU VM host of each chip, as Cloud TPU names it (TPU_ACCELERATOR_TYPE).
 _ONE_HOST = {'v4': 'v4-8', 'v5p': 'v5p-8', 'v5e': 'v5litepod-4', 'v6e': 'v6e-4'}
-# HBM per chip (vendor figures), by jax ``device_kind`` prefix; XLA's own limit is a little lower.
-_HBM_GIB = (('TPU v6 lite', 32), ('TPU v5p', 95), ('TPU v5 lite', 16), ('TPU v5', 95), ('TPU v4', 32))
 
 
 def topology_devices(topology: str, num_slices: int = 1) -> list:
-  """The compile-only devices of a TPU ``topology`` ('v5e:4x4', 'v4:2x2x2', 'v5p:2x2x1', 'v6e:2x2'), per slice."""
+  """The compile-only devices of ``num_slices`` slices of a TPU ``topology`` ('v5e:4x4', 'v4:2x2x2', ...)."""
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   # Compile-only devices touch no chip, so libtpu's one-process-per-host lock (/tmp/libtpu_lockfile) is not
   # needed: without this, a second process that has loaded libtpu (another compile, a test worker) makes
@@ -91,16 +89,15 @@ def compile_train_step(config: ml_collections.ConfigDict, devices) -> dict:
   """
   start = time.perf_counter()
   setup, lowered = lower_train_step(config, devices)
-  with sharding.activate(setup.mesh):
-    try:
-      compiled = lowered.compile()
-    except jax.errors.JaxRuntimeError as e:
-      if 'RESOURCE_EXHAUSTED' not in str(e):
-        raise
-      xla = str(e).splitlines()[0].rstrip('.')
-      raise ValueError(f'does not fit: {xla}; lower --config.train.batch_size, '
-                       'raise --config.train.grad_accum_steps, set --config.model.remat=full or shard more '
-                       '(--config.mesh.fsdp)') from e
+  try:
+    compiled = lowered.compile()
+  except jax.errors.JaxRuntimeError as e:
+    if 'RESOURCE_EXHAUSTED' not in str(e):
+      raise
+    xla = str(e).splitlines()[0].rstrip('.')
+    raise ValueError(f'does not fit: {xla}; lower --config.train.batch_size, '
+                     'raise --config.train.grad_accum_steps, set --config.model.remat=full or shard more '
+                     '(--config.mesh.fsdp)') from e
   compile_s = time.perf_counter() - start
   device = setup.mesh.devices.flat[0]
   memory = compiled.memory_analysis()
@@ -109,7 +106,7 @@ def compile_train_step(config: ml_collections.ConfigDict, devices) -> dict:
   total = (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
            + memory.temp_size_in_bytes + memory.generated_code_size_in_bytes)
   peak = metrics_lib.peak_flops(device)
-  hbm = next((gib * 2**30 for prefix, gib in _HBM_GIB if device.device_kind.startswith(prefix)), None)
+  hbm = metrics_lib.hbm_bytes(device)
   tokens = config.train.batch_size * config.data.seq_len
   model_flops = setup.model_cfg.flops_per_token(config.data.seq_len, train.predicted_fraction(config)) * tokens
   return {
@@ -137,7 +134,7 @@ def format_report(r: dict) -> str:
       f"{r['objective']} model, {r['num_params']:,} params, vocab {r['vocab_size']:,}; batch {r['batch_size']} x "
       f"seq {r['seq_len']} in {r['grad_accum_steps']} micro-batch(es); {r['num_devices']} x {r['device_kind']} "
       f"({mesh})",
-      f"compile:         {r['compile_time_s']:.1f} s",
+      f"lower+compile:   {r['compile_time_s']:.1f} s",
       f"per device:      {gib(r['total_bytes_per_device'])}{fits}",
       f"  state:         {gib(r['state_bytes_per_device'])} (params and optimizer moments, this device's shards)",
       f"  arguments:     {gib(r['argument_bytes'])} (state and batch; the state is donated)",

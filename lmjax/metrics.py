@@ -102,18 +102,30 @@ class Throughput:
     return rate
 
 
-# Dense bf16 peak FLOP/s per device (vendor figures), by jax ``device_kind`` prefix.
+# Vendor figures by jax ``device_kind`` prefix, the first match counting (a v5p reports 'TPU v5', a v5e
+# 'TPU v5 lite'): dense bf16 peak FLOP/s per device, and HBM per TPU chip in GiB.
 _PEAK_FLOPS = (
     ('NVIDIA H200', 989e12), ('NVIDIA H100', 989e12), ('NVIDIA A100', 312e12), ('NVIDIA L4', 121e12),
     ('NVIDIA A10', 125e12), ('TPU v6', 918e12), ('TPU v5p', 459e12), ('TPU v5 lite', 197e12),
-    ('TPU v5e', 197e12), ('TPU v4', 275e12), ('TPU v3', 123e12),
+    ('TPU v5e', 197e12), ('TPU v5', 459e12), ('TPU v4', 275e12), ('TPU v3', 123e12),
 )
+_HBM_GIB = (('TPU v6 lite', 32), ('TPU v5p', 95), ('TPU v5 lite', 16), ('TPU v5', 95), ('TPU v4', 32))
+
+
+def _datasheet(table, device):
+  kind = getattr(device, 'device_kind', '')
+  return next((value for prefix, value in table if kind.startswith(prefix)), None)
 
 
 def peak_flops(device) -> float | None:
   """The device's dense bf16 peak FLOP/s, or None where unknown (CPUs: see ``measure_matmul_flops``)."""
-  kind = getattr(device, 'device_kind', '')
-  return next((peak for prefix, peak in _PEAK_FLOPS if kind.startswith(prefix)), None)
+  return _datasheet(_PEAK_FLOPS, device)
+
+
+def hbm_bytes(device) -> int | None:
+  """A TPU chip's HBM in bytes (the datasheet's; XLA's usable limit is a little lower), or None."""
+  gib = _datasheet(_HBM_GIB, device)
+  return None if gib is None else gib * 2**30
 
 
 def measure_matmul_flops(size: int = 1024, repeats: int = 4, trials: int = 5) -> float:
