@@ -86,20 +86,26 @@ def _truncate_jsonl(path: str, step: int):
 
 
 class Throughput:
-  """Training tokens per second between successive ``update`` calls, not counting ``exclude``d time."""
+  """Training tokens per second over the steps finished between ``update`` calls, not counting ``exclude``d time.
+
+  ``update`` takes the last step known to be finished, which need not be the step being logged: the host
+  may run one step ahead of the device (async dispatch), or not (a dispatch that ran its step before
+  returning). Where no step has finished since the last call, it returns the last rate.
+  """
 
   def __init__(self, step: int):
-    self._step, self._time = step, time.perf_counter()
+    self._step, self._time, self._rate = step, time.perf_counter(), 0.0
 
   def exclude(self, seconds: float):
     """Leaves out time spent on other work (evaluation, checkpointing)."""
     self._time += seconds
 
-  def update(self, step: int, tokens_per_step: int) -> float:
+  def update(self, finished_step: int, tokens_per_step: int) -> float:
     now = time.perf_counter()
-    rate = (step - self._step) * tokens_per_step / max(now - self._time, 1e-9)
-    self._step, self._time = step, now
-    return rate
+    if finished_step > self._step:
+      self._rate = (finished_step - self._step) * tokens_per_step / max(now - self._time, 1e-9)
+      self._step, self._time = finished_step, now
+    return self._rate
 
 
 # Vendor figures by jax ``device_kind`` prefix, the first match counting (a v5p reports 'TPU v5', a v5e

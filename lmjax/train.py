@@ -410,7 +410,10 @@ class _Loop:
         self.state, metrics = self.train_fn(self.state, batch, rng)
         queue.push(metrics)
         if pending is not None:
-          self._write(*self._train_scalars(*pending, throughput, tokens_per_step), bar)
+          # Step - 1 is finished (and step too where the dispatch ran it). Timed before reading the metrics:
+          # on XLA:CPU that copy to the host waits behind the step now running.
+          finished = step if all(x.is_ready() for x in jax.tree.leaves(metrics)) else step - 1
+          self._write(*self._train_scalars(*pending, throughput.update(finished, tokens_per_step)), bar)
           pending = None
         if step % cfg.log_every == 0 or step == cfg.max_steps:
           pending = (step, metrics)
@@ -423,7 +426,7 @@ class _Loop:
         other_work = time.perf_counter()
         if is_eval:
           # One metrics.jsonl record per step: this step's training scalars and the evaluation.
-          scalars = self._train_scalars(*pending, throughput, tokens_per_step)[1] if pending else {}
+          scalars = self._train_scalars(*pending, throughput.update(step, tokens_per_step))[1] if pending else {}
           pending = None
           other_work = time.perf_counter()
           last_eval = evaluate_lib.evaluate(self.eval_fn, self.state.params, self.eval_batches,
@@ -437,8 +440,8 @@ class _Loop:
                     file=sys.stderr)
           break
         throughput.exclude(time.perf_counter() - other_work)
-      if pending is not None:
-        self._write(*self._train_scalars(*pending, throughput, tokens_per_step), bar)
+      if pending is not None:  # stopped early, after waiting for the state
+        self._write(*self._train_scalars(*pending, throughput.update(pending[0], tokens_per_step)), bar)
       if self._tracing:  # the run ended inside the profiled window
         jax.profiler.stop_trace()
     bar.close()
@@ -467,10 +470,10 @@ class _Loop:
       return False
     return bool(multihost_utils.process_allgather(np.asarray(stop.requested)).any())
 
-  def _train_scalars(self, step, metrics, throughput, tokens_per_step):
+  def _train_scalars(self, step, metrics, tokens_per_sec):
     scalars = metrics_lib.summarize(jax.device_get(metrics))
     scalars['learning_rate'] = float(self.schedule(step - 1))
-    scalars['tokens_per_sec'] = throughput.update(step, tokens_per_step)
+    scalars['tokens_per_sec'] = tokens_per_sec
     scalars.update(metrics_lib.flops_scalars(scalars['tokens_per_sec'], self.flops_per_token, self.mesh.size,
                                              self.peak_flops))
     return step, scalars

@@ -59,6 +59,20 @@ def test_train_writes_artifacts_and_learns(corpus, tmp_path):
   assert 'eval_perplexity' in records[-1]
 
 
+def test_tokens_per_sec_stays_steady_at_evaluations_and_saves(corpus, tmp_path):
+  """The steps that end in an evaluation and a checkpoint save log the rate of the others. XLA:CPU copies a
+  step's metrics to the host only after the next step has run: timed when its metrics were read, a step
+  took two steps' time, and a step with an evaluation almost none (60x the others' rate)."""
+  c = tiny_config(corpus, **{'train.max_steps': 8, 'train.eval_every': 4, 'checkpoint.every': 4,
+                             'model.embed_dim': 256, 'model.mlp_dim': 1024, 'model.num_heads': 4,
+                             'data.seq_len': 128, 'train.batch_size': 16})
+  train.train_and_evaluate(c, str(tmp_path))
+  records = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl', encoding='utf-8')]
+  rates = {r['step']: round(r['tokens_per_sec']) for r in records}
+  steady = [rates[s] for s in range(3, 9)]  # steps 1-2: compilation and the first writes
+  assert max(steady) < 3 * min(steady), rates
+
+
 def test_nanogpt_config_trains_a_character_model(corpus, tmp_path):
   """configs/nanogpt.py:cpu end to end: a character tokenizer trained into the workdir, and the model learns."""
   from configs import nanogpt  # pylint: disable=g-import-not-at-top
