@@ -15,12 +15,17 @@ same command once with the tunable added to ``GLIBC_TUNABLES`` (same process id,
 nothing imported yet but the config), and benchmark workers get it in their
 environment. It applies where it can help: Linux with glibc 2.35+, transparent huge
 pages in ``madvise`` mode (``always`` already gives them, ``never`` refuses them),
-no GPU/TPU plugin installed or requested (an accelerator's step memory is on the
-device), ``mesh.cpu_hugepages`` true, and the tunable not set already.
+no GPU plugin installed nor GPU/TPU requested, no libtpu where a TPU may be attached
+(an accelerator's step memory is on the device), ``mesh.cpu_hugepages`` true, and the
+tunable not set already.
+
+It also decides where libtpu is installed without a TPU (``lmjax[tpu]`` for
+``lmjax.aot``; ``lmjax[test]``): ``cpu_when_no_tpu`` has JAX start on the CPU at once.
 """
 
 from __future__ import annotations
 
+import glob
 import importlib.metadata
 import importlib.util
 import os
@@ -55,21 +60,79 @@ def thp_mode(path: str = THP_MODE_FILE) -> str | None:
   return text[start + 1:end] if 0 <= start < end else None
 
 
-def accelerator_possible(environ=os.environ) -> bool:
-  """Whether JAX may run this process's steps on a GPU or TPU, decided without importing JAX.
+# Google's PCI vendor id and its TPU chips' device ids (v3, -, v4, v5p, v5e, v6e, 7x), as JAX's hardware_utils.
+_GOOGLE_PCI_VENDOR, _TPU_PCI_DEVICES = '0x1ae0', ('0x0027', '0x0056', '0x005e', '0x0062', '0x0063', '0x006f', '0x0076')
 
-  ``JAX_PLATFORMS`` when set, else whether a PJRT plugin (``jax_plugins``: CUDA,
-  ROCm, ...) or libtpu is installed.
-  """
-  platforms = environ.get('JAX_PLATFORMS', '')
-  if platforms:
-    return any(p.strip() not in ('cpu', '') for p in platforms.split(','))
-  if importlib.util.find_spec('libtpu') is not None:
+
+def tpu_may_be_attached(root: str = '/') -> bool:
+  """Whether this host may have TPU chips: their device files (``/dev/accel*`` up to v4, ``/dev/vfio/N`` from
+  v5e on, so a later generation counts too) or a TPU among its PCI devices."""
+  if glob.glob(os.path.join(root, 'dev/accel*')) or any(
+      name.isdigit() for name in _listdir(os.path.join(root, 'dev/vfio'))):
     return True
+  for vendor in glob.glob(os.path.join(root, 'sys/bus/pci/devices/*/vendor')):
+    device = os.path.join(os.path.dirname(vendor), 'device')
+    if _read(vendor) == _GOOGLE_PCI_VENDOR and _read(device) in _TPU_PCI_DEVICES:
+      return True
+  return False
+
+
+def _listdir(path: str) -> list[str]:
+  try:
+    return os.listdir(path)
+  except OSError:
+    return []
+
+
+def _read(path: str) -> str:
+  try:
+    with open(path, encoding='ascii') as f:
+      return f.read().strip()
+  except OSError:
+    return ''
+
+
+def _plugin_installed() -> bool:
+  """A PJRT plugin (``jax_plugins``: CUDA, ROCm, ...) is installed."""
   spec = importlib.util.find_spec('jax_plugins')
   if spec is not None and any(pkgutil.iter_modules(spec.submodule_search_locations or [])):
     return True
   return bool(importlib.metadata.entry_points(group='jax_plugins'))
+
+
+def accelerator_possible(environ=os.environ) -> bool:
+  """Whether JAX may run this process's steps on a GPU or TPU, decided without importing JAX.
+
+  ``JAX_PLATFORMS`` when set, else whether a PJRT plugin (``jax_plugins``: CUDA,
+  ROCm, ...) is installed, or libtpu on a host that may have TPU chips (``pip install
+  'lmjax[tpu]'`` puts libtpu on CPU machines too, for ``lmjax.aot``).
+  """
+  platforms = environ.get('JAX_PLATFORMS', '')
+  if platforms:
+    return any(p.strip() not in ('cpu', '') for p in platforms.split(','))
+  if importlib.util.find_spec('libtpu') is not None and tpu_may_be_attached():
+    return True
+  return _plugin_installed()
+
+
+def cpu_when_no_tpu(environ=os.environ) -> bool:
+  """Sets ``JAX_PLATFORMS=cpu`` where libtpu is installed but no TPU is attached and no other plugin is.
+
+  JAX would try libtpu first there, print a page of its failed probes (accelerator type, worker hostnames)
+  and fall back to the CPU; with this it starts on the CPU at once. Where JAX is imported but has not
+  started, its config is set too. Returns whether it set anything (``lmjax/__init__.py`` calls it).
+  """
+  if (environ.get('JAX_PLATFORMS') or importlib.util.find_spec('libtpu') is None or tpu_may_be_attached()
+      or _plugin_installed()):
+    return False
+  jax = sys.modules.get('jax') if environ is os.environ else None
+  if jax is not None:
+    from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top  (no public "backends started?")
+    if xla_bridge.backends_are_initialized():
+      return False
+    jax.config.update('jax_platforms', 'cpu')
+  environ['JAX_PLATFORMS'] = 'cpu'
+  return True
 
 
 def hugepages_wanted(config, environ=os.environ) -> bool:

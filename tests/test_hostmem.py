@@ -1,5 +1,6 @@
 """lmjax.hostmem: when a CPU run restarts itself with glibc's huge-page tunable, and that it pays."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -57,6 +58,62 @@ def test_hugepages_environ_keeps_other_tunables(monkeypatch):
   monkeypatch.setattr(hostmem, 'hugepages_wanted', lambda config, environ: True)
   extra = hostmem.hugepages_environ(_config(), {'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'})
   assert extra['GLIBC_TUNABLES'] == 'glibc.malloc.arena_max=2:' + hostmem.TUNABLE
+
+
+def _host(root, devices=(), pci=()):
+  """A fake root: files under dev/ and PCI devices as (vendor, device) ids."""
+  for name in devices:
+    (root / 'dev' / name).parent.mkdir(parents=True, exist_ok=True)
+    (root / 'dev' / name).write_text('')
+  for i, (vendor, device) in enumerate(pci):
+    d = root / 'sys/bus/pci/devices' / f'0000:00:0{i}.0'
+    d.mkdir(parents=True)
+    (d / 'vendor').write_text(vendor + '\n')
+    (d / 'device').write_text(device + '\n')
+  return str(root)
+
+
+@pytest.mark.parametrize('devices,pci,attached', [
+    ((), (), False),
+    (('vfio/vfio',), [('0x1af4', '0x1041'), ('0x1ae0', '0x0042')], False),  # virtio, Google's gVNIC: a CPU VM
+    (('accel0',), (), True),                                               # TPU v2-v4
+    (('vfio/vfio', 'vfio/0'), (), True),                                   # v5e and later, any generation
+    ((), [('0x1ae0', '0x0063')], True),                                    # a v5e chip on the PCI bus
+])
+def test_tpu_may_be_attached(tmp_path, devices, pci, attached):
+  assert hostmem.tpu_may_be_attached(_host(tmp_path, devices, pci)) is attached
+
+
+@pytest.mark.parametrize('env,libtpu,tpu,plugin,accelerator,cpu_set', [
+    ({}, True, False, False, False, True),     # 'lmjax[tpu]' on a CPU machine: CPU at once, huge pages
+    ({}, True, True, False, True, False),      # a TPU VM
+    ({}, False, False, False, False, False),   # JAX picks the CPU itself
+    ({}, True, False, True, True, False),      # a CUDA plugin too: JAX chooses
+    ({'JAX_PLATFORMS': 'tpu'}, True, False, False, True, False),  # the user chose
+])
+def test_libtpu_counts_only_where_a_tpu_may_be(monkeypatch, env, libtpu, tpu, plugin, accelerator, cpu_set):
+  find_spec = hostmem.importlib.util.find_spec
+  monkeypatch.setattr(hostmem.importlib.util, 'find_spec',
+                      lambda name: (object() if libtpu else None) if name == 'libtpu' else find_spec(name))
+  monkeypatch.setattr(hostmem, 'tpu_may_be_attached', lambda: tpu)
+  monkeypatch.setattr(hostmem, '_plugin_installed', lambda: plugin)
+  assert hostmem.accelerator_possible(env) is accelerator
+  environ = dict(env)
+  assert hostmem.cpu_when_no_tpu(environ) is cpu_set
+  assert environ == ({**env, 'JAX_PLATFORMS': 'cpu'} if cpu_set else env)
+
+
+@pytest.mark.skipif(importlib.util.find_spec('libtpu') is None or hostmem.tpu_may_be_attached(),
+                    reason='needs libtpu installed (the [test] extra has it) on a host without a TPU')
+def test_importing_lmjax_keeps_jax_off_libtpu_without_a_tpu():
+  """Without it JAX probes libtpu, prints its failures (TPU_ACCELERATOR_TYPE, TPU_WORKER_HOSTNAMES) and
+  falls back to the CPU, and CPU runs went without huge pages (libtpu counted as an accelerator)."""
+  env = {k: v for k, v in os.environ.items() if k != 'JAX_PLATFORMS'}
+  code = 'import jax, lmjax; print(jax.devices()[0].platform)'
+  out = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+  assert out.returncode == 0 and out.stdout.split() == ['cpu'], out.stderr
+  assert 'TPU' not in out.stderr, out.stderr[-2000:]
+  assert hostmem.hugepages_wanted(_config(), env) == CAN_HUGEPAGES
 
 
 def test_restart_keeps_the_process_and_happens_once():
