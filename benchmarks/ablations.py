@@ -54,21 +54,25 @@ PROBES = ('flat_adamw', 'sgd_update')
 
 
 def config_for(shape: dict, variant: str):
-  from configs import bert, gpt  # pylint: disable=g-import-not-at-top
-  c = (bert if shape['objective'] == 'mlm' else gpt).get_config('tiny')
-  m = c.model
-  m.num_layers, m.embed_dim, m.num_heads, m.mlp_dim = shape['layers'], shape['dim'], shape['heads'], 4 * shape['dim']
-  m.max_len = max(shape['seq'], 128)
-  m.positions, m.norm, m.norm_eps, m.activation = 'learned', 'layernorm', 1e-5, 'gelu_exact'
-  m.use_bias = m.norm_bias = shape['objective'] == 'mlm'  # next-token: nanoGPT's bias=False block
-  if shape['objective'] == 'mlm':  # BERT's block, as benchmarks/bert_compare.py
-    m.type_vocab_size, m.norm_position, m.embed_norm, m.norm_eps = 2, 'post', True, 1e-12
-  c.data.seq_len, c.data.vocab_size, c.train.batch_size = shape['seq'], shape['vocab'], shape['batch']
+  """The block the peers are compared on at ``shape``: nanoGPT's bias=False one from configs/nanogpt.py, or
+  BERT's from benchmarks/bert_compare.py."""
+  if shape['objective'] == 'mlm':
+    import bert_compare  # pylint: disable=g-import-not-at-top  (benchmarks/, the script's dir)
+    c = bert_compare.lmjax_config(dict(layers=shape['layers'], dim=shape['dim'], heads=shape['heads'],
+                                       mlp=4 * shape['dim'], seq=shape['seq'], vocab=shape['vocab'],
+                                       batch=shape['batch'], lmjax_accum=shape['accum'], seed=0))
+  else:
+    from configs import nanogpt  # pylint: disable=g-import-not-at-top
+    c = nanogpt.get_config('cpu')
+    m = c.model
+    m.num_layers, m.embed_dim, m.num_heads = shape['layers'], shape['dim'], shape['heads']
+    m.mlp_dim, m.max_len = 4 * shape['dim'], shape['seq']
+    c.data.seq_len, c.data.vocab_size, c.train.batch_size = shape['seq'], shape['vocab'], shape['batch']
   c.train.grad_accum_steps = 1 if variant == 'no_accum' else shape['accum']
   if variant == 'one_cpu_device':
     c.mesh.cpu_devices = 1
   if variant == 'full_attention':
-    m.attention_impl = 'xla'
+    c.model.attention_impl = 'xla'
   if variant == 'no_hugepages':
     c.mesh.cpu_hugepages = False
   return c
