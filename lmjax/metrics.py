@@ -170,7 +170,7 @@ def peak_flops_per_device(device, override: float = 0.0, quick: bool = False) ->
   ``sharding.split_cpu`` split it).
   """
   if override:
-    return override, 'given'
+    return override, 'given (peak_flops)'
   peak = peak_flops(device)
   if peak:
     return peak, f'datasheet dense bf16 peak of {device.device_kind} (lmjax.metrics.peak_flops)'

@@ -281,7 +281,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint_lib
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main, resume_step=start_step)
   flops_per_token = model_cfg.flops_per_token(config.data.seq_len, predicted_fraction(config))
   # Before the loop, so that the CPU's matmul probe is not timed as training.
-  peak_flops, _ = metrics_lib.peak_flops_per_device(mesh.devices.flat[0], config.train.peak_flops, quick=True)
+  peak_flops, peak_source = metrics_lib.peak_flops_per_device(mesh.devices.flat[0], config.train.peak_flops,
+                                                              quick=True)
+  if is_main:  # a CPU's ceiling is measured once, now: a busy machine at this moment inflates every MFU after
+    logging.info(peak_source if peak_flops is None else
+                 f'MFU against {peak_flops / 1e12:.3g} TFLOP/s per device: {peak_source}')
   loop = _Loop(config, state, train_fn, eval_fn, train_iter, eval_batches, token_bytes_V, ckpt, writer,
                schedule, mesh, is_main, flops_per_token, peak_flops, workdir)
   try:

@@ -182,6 +182,9 @@ def test_cli_trains_and_samples(corpus, tmp_path):
   proc = _main(_cli_args(corpus, tmp_path, '--config.train.max_steps=20', '--config.train.eval_every=20'))
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert os.listdir(tmp_path / 'checkpoints') == ['20']
+  # The peak its MFU is against, with where it comes from: on a CPU, the ceiling measured at the start.
+  assert re.search(r'MFU against [\d.]+ TFLOP/s per device: measured f32 matmul ceiling of the CPU, [\d.]+ '
+                   r'GFLOP/s', proc.stderr), proc.stderr[-3000:]
   env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS='', JAX_PLATFORMS='cpu')
   # The run restarted itself with malloc on huge pages exactly where lmjax.hostmem says it should.
   from configs import gpt  # pylint: disable=g-import-not-at-top
