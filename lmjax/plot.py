@@ -58,8 +58,9 @@ PANELS = (
           'no run logged tokens_per_sec yet'),
     Panel('tflops', 'Model FLOP/s', 'TFLOP/s per device', r'tflops_per_device', 'linear',
           'no run logged tflops_per_device yet'),
-    Panel('mfu', 'Model FLOPs utilisation', 'MFU (% of peak bf16 FLOP/s)', r'mfu', 'percent',
-          'no run logged mfu (it needs a device with a known peak FLOP/s; CPUs have none)'),
+    Panel('mfu', 'Model FLOPs utilisation', "MFU (% of the run's peak FLOP/s)", r'mfu',
+          'percent', 'no run logged mfu (it needs a known peak: a GPU/TPU datasheet figure, a CPU\'s measured '
+          'matmul ceiling, or train.peak_flops)'),
 )
 
 _DPI = 120

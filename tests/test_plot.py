@@ -80,7 +80,7 @@ def test_one_workdir_writes_every_panel_to_workdir_plots(tmp_path):
   workdir = _write(tmp_path / 'run', _records(0))
   paths = plot.plot_runs(str(workdir))
   assert set(paths) == {'loss', 'perplexity', 'accuracy', 'bits_per_byte', 'learning_rate', 'grad_norm',
-                        'tokens_per_sec', 'tflops', 'summary'}  # no mfu: a CPU run does not log it
+                        'tokens_per_sec', 'tflops', 'summary'}  # no mfu: these records have none
   for path in paths.values():
     assert path.parent == workdir / 'plots'
     assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
