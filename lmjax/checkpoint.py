@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging as std_logging
 import os
 import re
 
@@ -16,6 +17,7 @@ import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 _INCOMPLETE = re.compile(r'^(\d+)\.orbax-checkpoint-tmp')
 
@@ -44,6 +46,20 @@ def _save_replicated_arrays_whole_on_cpu():
   type_handler_registry.GLOBAL_TYPE_HANDLER_REGISTRY.add(jax.Array, handler, override=True, ignore_warnings=True)
 
 
+@functools.cache  # one filter per process
+def quiet_library_logs():
+  """Keeps orbax's and grain's INFO lines (a page per save or restore) off the console; their warnings and
+  errors still show, without the 60-line tracebacks: lmjax re-raises such failures as one line saying what
+  to do."""
+  def keep(record):
+    library = any(lib in record.pathname for lib in ('/orbax/', '/grain/', 'xla_bridge', '/asyncio/'))
+    if library and record.levelno >= std_logging.ERROR:
+      record.exc_info, record.exc_text = None, None
+      record.msg = str(record.msg).split('\n', 1)[0]  # asyncio puts the traceback in the message
+    return record.levelno >= std_logging.WARNING or not library
+  logging.get_absl_handler().addFilter(keep)  # the handler sees absl's records and the libraries' own loggers'
+
+
 class Checkpointer:
   """Save every ``every`` steps (or when forced), keep the last ``keep``, optionally async."""
 
@@ -54,6 +70,7 @@ class Checkpointer:
                                    if m)
     self._every = every
     self._pending = None  # the step an asynchronous save is writing
+    quiet_library_logs()  # every CLI that loads a checkpoint: sample, evaluate, fill_mask, convert, training
     _save_replicated_arrays_whole_on_cpu()
     registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
     for args in (ocp.args.StandardSave, ocp.args.StandardRestore):

@@ -7,7 +7,6 @@ an explicit coordinator for other clusters and local tests.
 
 from __future__ import annotations
 
-import logging as std_logging
 import os
 import sys
 
@@ -47,18 +46,6 @@ def _split_cpu(config):
   from lmjax import sharding  # pylint: disable=g-import-not-at-top  (imports jax; backends stay unstarted)
   if config.mesh.cpu_devices or _DISTRIBUTED.value == 'off':
     sharding.split_cpu_for(config)
-
-
-def quiet_library_logs():
-  """Keep orbax's and grain's per-save INFO lines off the console; their warnings and errors still
-  show, without the 60-line tracebacks: lmjax re-raises such failures as one line saying what to do."""
-  def keep(record):
-    library = any(lib in record.pathname for lib in ('/orbax/', '/grain/', 'xla_bridge', '/asyncio/'))
-    if library and record.levelno >= std_logging.ERROR:
-      record.exc_info, record.exc_text = None, None
-      record.msg = str(record.msg).split('\n', 1)[0]  # asyncio puts the traceback in the message
-    return record.levelno >= std_logging.WARNING or not library
-  logging.get_absl_handler().addFilter(keep)  # the handler sees absl's records and the libraries' own loggers'
 
 
 def parse_flags(argv):
@@ -104,7 +91,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   hostmem.reexec_with_hugepages(_CONFIG.value)  # before JAX starts; returns in the restarted process
-  quiet_library_logs()
+  from lmjax import checkpoint  # pylint: disable=g-import-not-at-top  (imports jax; backends stay unstarted)
+  checkpoint.quiet_library_logs()
   _split_cpu(_CONFIG.value)
   _init_distributed()
   if os.environ.get(hostmem.MARKER):

@@ -197,6 +197,7 @@ def test_cli_trains_and_samples(corpus, tmp_path):
   samples = out.stdout.split('-' * 40 + '\n')[:-1]
   assert len(samples) == 4 and samples[2].startswith('A list')
   assert re.search(r'80 new tokens at [\d,]+ tokens/s', out.stderr), out.stderr[-1000:]
+  assert 'CheckpointManager' not in out.stderr, out.stderr[-3000:]  # orbax's page of INFO lines per restore
 
 
 def test_cli_fill_mask(corpus, tmp_path):
