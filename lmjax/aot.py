@@ -19,7 +19,6 @@ across slices included; the vocabulary is ``data.vocab_size`` (or ``data.tokeniz
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -171,10 +170,7 @@ def main(argv):
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
-  print(format_report(report))
-  if f.json:
-    with open(f.json, 'w', encoding='utf-8') as out:
-      json.dump(report, out, indent=2)
+  metrics_lib.report(format_report(report), report, f.json)
 
 
 if __name__ == '__main__':

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import resource
 import statistics
@@ -200,10 +199,7 @@ def main(argv):
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
-  print(format_results(results))
-  if f.json:
-    with open(f.json, 'w', encoding='utf-8') as out:
-      json.dump(results, out, indent=2)
+  metrics_lib.report(format_results(results), results, f.json)
 
 
 if __name__ == '__main__':

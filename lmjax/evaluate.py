@@ -6,7 +6,6 @@ fixed seed, see ``steps.eval_step``); bits per byte are next-token only.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from typing import Callable, Iterable
@@ -153,11 +152,8 @@ def main(argv):
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
-  for name, value in result.items():
-    print(f'{name:20} {value:.6g}')
-  if args.json:
-    with open(args.json, 'w', encoding='utf-8') as f:
-      json.dump(result, f, indent=2)
+  metrics_lib.report('\n'.join(f'{name:20} {value:.6g}' for name, value in result.items()), result,
+                     args.json)
 
 
 if __name__ == '__main__':

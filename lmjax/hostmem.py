@@ -49,13 +49,18 @@ def glibc_version() -> tuple[int, int] | None:
   return int(major), int(minor)
 
 
-def thp_mode(path: str = THP_MODE_FILE) -> str | None:
-  """The kernel's transparent-huge-page mode (the bracketed word: always / madvise / never), or None."""
+def _read(path: str) -> str:
+  """A small text file's contents, stripped, or '' where it cannot be read."""
   try:
     with open(path, encoding='ascii') as f:
-      text = f.read()
+      return f.read().strip()
   except OSError:
-    return None
+    return ''
+
+
+def thp_mode(path: str = THP_MODE_FILE) -> str | None:
+  """The kernel's transparent-huge-page mode (the bracketed word: always / madvise / never), or None."""
+  text = _read(path)
   start, end = text.find('['), text.find(']')
   return text[start + 1:end] if 0 <= start < end else None
 
@@ -82,14 +87,6 @@ def _listdir(path: str) -> list[str]:
     return os.listdir(path)
   except OSError:
     return []
-
-
-def _read(path: str) -> str:
-  try:
-    with open(path, encoding='ascii') as f:
-      return f.read().strip()
-  except OSError:
-    return ''
 
 
 def _plugin_installed() -> bool:

@@ -85,6 +85,14 @@ def _truncate_jsonl(path: str, step: int):
   os.replace(tmp, path)
 
 
+def report(text: str, results: dict, json_path: str | None):
+  """A CLI's results: ``text`` on stdout and, where ``json_path`` is given, ``results`` as JSON there."""
+  print(text)
+  if json_path:
+    with open(json_path, 'w', encoding='utf-8') as out:
+      json.dump(results, out, indent=2)
+
+
 class Throughput:
   """Training tokens per second over the steps finished between ``update`` calls, not counting ``exclude``d time.
 
