@@ -227,10 +227,22 @@ def test_nonfinite_loss(corpus, tmp_path, policy):
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))  # the last checkpoint is good
 
 
-def _cli(args, **kw):
+# Runs lmjax.main with every file it writes capped at argv[1] bytes. Set in the child itself, not through
+# subprocess's preexec_fn, which forks this multithreaded (JAX) process and runs Python in the fork.
+_WITH_FILE_SIZE_LIMIT = """
+import resource, runpy, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]),) * 2)
+sys.argv = ['lmjax.main'] + sys.argv[2:]
+runpy.run_module('lmjax.main', run_name='__main__', alter_sys=True)
+"""
+
+
+def _cli(args, file_size_limit=None):
   env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS='', JAX_PLATFORMS='cpu')
-  return subprocess.run([sys.executable, '-m', 'lmjax.main', *args], cwd=REPO, env=env, capture_output=True,
-                        text=True, timeout=300, **kw)
+  command = ['-m', 'lmjax.main'] if file_size_limit is None else ['-c', _WITH_FILE_SIZE_LIMIT, str(file_size_limit)]
+  return subprocess.run([sys.executable, *command, *args], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=300)
 
 
 def _cli_args(corpus, workdir, *extra):
@@ -250,18 +262,11 @@ def test_bad_config_keys(corpus, tmp_path, row, override):
   assert not os.path.exists(tmp_path / 'run')
 
 
-def _limit_file_size():
-  import resource  # pylint: disable=g-import-not-at-top
-  import signal  # pylint: disable=g-import-not-at-top
-  signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
-  resource.setrlimit(resource.RLIMIT_FSIZE, (64_000, 64_000))
-
-
 def test_write_failure_during_save(corpus, tmp_path):
   """Every file is capped at 64 KB: the tokenizer and logs fit, the first checkpoint's data does not."""
   workdir = tmp_path / 'run'
   proc = _cli(_cli_args(corpus, workdir, '--config.model.embed_dim=64', '--config.model.mlp_dim=256'),
-              preexec_fn=_limit_file_size)
+              file_size_limit=64_000)
   assert proc.returncode == 2, proc.stderr[-3000:]
   assert proc.stderr.strip().splitlines()[-1] == 'error: ' + MESSAGES['write failure during save'].format(
       workdir=workdir)
