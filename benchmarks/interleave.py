@@ -11,7 +11,7 @@ A runner is a class ``Runner(spec)`` named ``'module:Class'`` (importable in a
 fresh process) with ``warm_up()``, ``train(it) -> handle`` (may be
 asynchronous), ``finish(handle) -> loss`` (waits for the device) and
 ``evaluate() -> loss``; optionally ``wait(handle)``, called on step ``it - 1``'s
-handle once step ``it`` is dispatched.
+handle once step ``it`` is dispatched; optionally ``info``, a dict the results keep.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def _worker(target: str, spec: dict, conn):
   runner = getattr(importlib.import_module(module), name)(spec)
   start = time.perf_counter()
   runner.warm_up()
-  conn.send(('ready', getattr(runner, 'version', ''), time.perf_counter() - start))
+  conn.send(('ready', getattr(runner, 'version', ''), getattr(runner, 'info', {}), time.perf_counter() - start))
   while True:
     message = conn.recv()
     if message[0] == 'train':
@@ -160,9 +160,9 @@ def compare(targets: dict[str, str], spec: dict, *, iters: int, chunk: int, eval
     workers[name] = (proc, parent)
   results = {}
   for name, (proc, conn) in workers.items():
-    _, version, setup_s = _recv(proc, conn)
-    results[name] = {'version': version, 'setup_s': setup_s, 'train_s': 0.0, 'chunk_ms': [], 'val_loss': {},
-                     'train_loss': {}}
+    _, version, info, setup_s = _recv(proc, conn)
+    results[name] = {'version': version, 'info': info, 'setup_s': setup_s, 'train_s': 0.0, 'chunk_ms': [],
+                     'val_loss': {}, 'train_loss': {}}
   load_before = os.getloadavg()
   it, order, busy_turns = 0, list(workers), 0
   while it < iters:
@@ -203,16 +203,23 @@ def compare(targets: dict[str, str], spec: dict, *, iters: int, chunk: int, eval
 class LmjaxRunner:
   """What the lmjax runners share: ``lmjax.bench.build``'s training step (the one ``lmjax.train`` jits),
   fed rows as single packed segments. A subclass gives ``rows(it)``, the [batch, row_len] tokens of
-  iteration ``it``; ``config.data.vocab_size`` and ``config.seed`` say the rest."""
+  iteration ``it``; ``config.data.vocab_size`` and ``config.seed`` say the rest. ``info``: the model FLOPs
+  per token (``lmjax.bench``'s count) and, on an accelerator, its datasheet peak, for MFU."""
 
   def __init__(self, config):
     import jax  # pylint: disable=g-import-not-at-top  (only the lmjax workers need it)
-    from lmjax import bench, sharding  # pylint: disable=g-import-not-at-top
+    from lmjax import bench, metrics, sharding, train  # pylint: disable=g-import-not-at-top
     self.jax, self.sharding, self.config = jax, sharding, config
     sharding.split_cpu_for(config)  # as lmjax.main and lmjax.bench do
     self.setup = bench.build(config, config.data.vocab_size)
     self.state, self.rng = self.setup.state, jax.random.key(config.seed)
-    self.version = f'jax {jax.__version__}, {self.setup.mesh.size} {jax.devices()[0].device_kind} device(s)'
+    device = self.setup.mesh.devices.flat[0]
+    self.version = f'jax {jax.__version__}, {self.setup.mesh.size} {device.device_kind} device(s)'
+    seq_len, fraction = config.data.seq_len, train.predicted_fraction(config)
+    self.info = {'flops_per_token': self.setup.model_cfg.flops_per_token(seq_len, fraction),
+                 'flops_formula': self.setup.model_cfg.flops_formula(seq_len, fraction),
+                 'peak_flops_per_device': metrics.peak_flops(device), 'devices': self.setup.mesh.size,
+                 'peak_source': f'datasheet, {device.device_kind}'}
 
   def rows(self, it: int) -> np.ndarray:
     raise NotImplementedError

@@ -2,6 +2,7 @@
 
   python benchmarks/nanogpt_compare.py --nanogpt_dir=/tmp/nanogpt --preset=cpu
   python benchmarks/nanogpt_compare.py --nanogpt_dir=/tmp/nanogpt --preset=shakespeare_char
+  python benchmarks/nanogpt_compare.py --nanogpt_dir=/tmp/nanogpt --preset=gpt2      # one GPU
 
 Get a nanoGPT checkout outside this repository (its code is never copied here), e.g.
   git clone https://github.com/karpathy/nanoGPT /tmp/nanogpt
@@ -38,6 +39,12 @@ Presets:
        config as is (gradient_accumulation_steps=1). nanoGPT gains from micro-batches
        too: pass --nanogpt_accum=16 for the comparison at equal micro-batches
        (docs/perf_notes.md, 2026-12-02).
+  gpt2: GPT-2 124M shapes (12 layers, 12 heads, d=768, block 1024, vocabulary 50,304
+       as nanoGPT's train.py pads it; the characters use its first 65 ids) on one GPU, as
+       nanoGPT's train.py runs there: batch 12, bf16 autocast, torch.compile, fused AdamW,
+       TF32 matmuls; lmjax in bf16 with cuDNN attention. Speed only; the table adds each
+       side's MFU: lmjax's model FLOPs per token (causal attention counted as computed,
+       ``ModelConfig.flops_formula``) at the GPU's datasheet bf16 peak.
 """
 
 from __future__ import annotations
@@ -64,7 +71,12 @@ PRESETS = {
                 eval_iters=20, lmjax_accum=1, nanogpt_accum=1),
     'shakespeare_char': dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, iters=24,
                              eval_every=0, eval_iters=0, lmjax_accum=16, nanogpt_accum=1),
+    'gpt2': dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=12, iters=60, eval_every=0,
+                 eval_iters=0, lmjax_accum=1, nanogpt_accum=1, vocab=50304, device='cuda', bf16=True,
+                 compile=True, chunk=10),
 }
+# What a preset may leave out: nanoGPT's CPU run (character vocabulary, f32, eager, turns of 25 iterations).
+DEFAULTS = dict(device='cpu', bf16=False, compile=False, chunk=25)
 # Shared by both presets (train_shakespeare_char.py and nanoGPT train.py defaults).
 OPTIM = dict(learning_rate=1e-3, min_lr=1e-4, warmup_iters=100, beta1=0.9, beta2=0.99, weight_decay=0.1,
              grad_clip=1.0)
@@ -145,23 +157,28 @@ def nanogpt_init_params(spec: dict) -> dict:
 
 class NanoGPT:
   """nanoGPT's model, optimizer and training iteration as in its train.py (CPU: no autocast, no scaler; with
-  --bf16, its forward passes under torch.autocast(dtype=bfloat16), as train.py runs on a GPU with dtype='bfloat16')."""
+  --bf16, its forward passes under torch.autocast(dtype=bfloat16), as train.py runs on a GPU with dtype='bfloat16';
+  on a GPU also TF32 matmuls and its fused AdamW, which configure_optimizers picks for device_type 'cuda')."""
 
   def __init__(self, spec: dict):
     self.spec, self.data = spec, _Data(spec)
     torch, self.model = nanogpt_model(spec)
-    self.torch = torch
+    self.torch, self.device = torch, spec['device']
+    if self.device == 'cuda':
+      torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as its train.py
+    self.model.to(self.device)
     self.optimizer = self.model.configure_optimizers(OPTIM['weight_decay'], OPTIM['learning_rate'],
-                                                     (OPTIM['beta1'], OPTIM['beta2']), 'cpu')
+                                                     (OPTIM['beta1'], OPTIM['beta2']), self.device)
     forward = torch.compile(self.model) if spec['compile'] else self.model
     if spec['bf16']:
       def autocast_forward(*args):
-        with torch.autocast(device_type='cpu', dtype=torch.bfloat16):
+        with torch.autocast(device_type=self.device, dtype=torch.bfloat16):
           return forward(*args)
       self.forward = autocast_forward
     else:
       self.forward = forward
-    self.version = f'torch {torch.__version__}, {torch.get_num_threads()} threads'
+    where = torch.cuda.get_device_name() if self.device == 'cuda' else f'{torch.get_num_threads()} threads'
+    self.version = f'torch {torch.__version__}, {where}'
 
   def warm_up(self):
     """One forward/backward (torch.compile compiles here), then the gradients are dropped: no update."""
@@ -191,7 +208,10 @@ class NanoGPT:
 
   def _xy(self, window):
     window = self.torch.from_numpy(window)
-    return window[:, :-1].contiguous(), window[:, 1:].contiguous()
+    x, y = window[:, :-1].contiguous(), window[:, 1:].contiguous()
+    if self.device == 'cuda':  # as its train.py's get_batch
+      x, y = (t.pin_memory().to(self.device, non_blocking=True) for t in (x, y))
+    return x, y
 
 
 def lmjax_config(spec: dict):
@@ -211,6 +231,8 @@ def lmjax_config(spec: dict):
                                                    'weight_decay', 'grad_clip')), 'configs/nanogpt.py != OPTIM'
   if spec['bf16']:
     m.dtype = 'bfloat16'
+  if spec['device'] == 'cuda':
+    m.attention_impl = 'cudnn'
   for override in spec['lmjax']:
     apply_override(c, override)
   return c
@@ -264,13 +286,15 @@ def table(spec: dict, results: dict) -> str:
           ('ms/iteration (median chunk)', n['median_chunk_ms_per_iter'], j['median_chunk_ms_per_iter'],
            n['median_chunk_ms_per_iter'] / j['median_chunk_ms_per_iter']),
           ('tokens/s', n['tokens_per_sec'], j['tokens_per_sec'], j['tokens_per_sec'] / n['tokens_per_sec'])]
+  if 'mfu' in j:
+    rows.append(('MFU (%)', 100 * n['mfu'], 100 * j['mfu'], j['mfu'] / n['mfu']))
   for it in sorted(n['val_loss']):
     rows.append((f'val loss @ {it}', n['val_loss'][it], j['val_loss'][it], None))
   init = "nanoGPT's weights" if spec['same_init'] else 'its own draw'
   lines = [f"{spec['preset']}: {spec['n_layer']} layers, {spec['n_head']} heads, d={spec['n_embd']}, "
            f"block {spec['block_size']}, batch {spec['batch_size']}, {spec['iters']} iterations, "
            f"dropout {spec['dropout']}, {'bf16 compute' if spec['bf16'] else 'f32'}, "
-           f"nanoGPT compile={spec['compile']}, micro-batches "
+           f"vocabulary {spec['vocab']}, nanoGPT compile={spec['compile']}, micro-batches "
            f"per step: nanoGPT {spec['nanogpt_accum']}, lmjax {spec['lmjax_accum']}; seed {spec['seed']}, init seed "
            f"{spec['init_seed']}, lmjax init: {init}",
            f"| {'':28s} | {'nanoGPT':>10s} | {'lmjax':>10s} | {'lmjax/nanoGPT':>13s} |",
@@ -279,6 +303,11 @@ def table(spec: dict, results: dict) -> str:
     fmt = '.4f' if 'loss' in name else ',.1f'
     lines.append(f"| {name:28s} | {a:>10{fmt}} | {b:>10{fmt}} | {'' if ratio is None else f'{ratio:.2f}x':>13s} |")
   lines.append(f"nanoGPT: {n['version']}; lmjax: {j['version']}; {interleave.load_note(results)}")
+  if 'mfu' in j:
+    info = j['info']
+    lines.append(f"MFU: both sides' tokens/s x {info['flops_per_token'] / 1e6:,.1f} MFLOP/token ("
+                 f"{info['flops_formula']}) / {info['peak_flops_per_device'] / 1e12:,.0f} TFLOP/s per device "
+                 f"({info['peak_source']}) / devices (nanoGPT 1, lmjax {info['devices']})")
   return '\n'.join(lines)
 
 
@@ -294,11 +323,16 @@ def _define_flags():
                        'update from micro-batches, whose activations stay in cache on CPU.')
   flags.DEFINE_integer('nanogpt_accum', None, "nanoGPT's gradient_accumulation_steps (default: 1, its config's).")
   flags.DEFINE_float('max_wait', 60.0, 'Seconds each turn may wait for other processes to leave the CPU idle.')
-  flags.DEFINE_integer('chunk', 25, 'Iterations a worker runs before the other takes its turn.')
+  flags.DEFINE_integer('chunk', None, "Iterations a worker runs before the other takes its turn (default: the "
+                       "preset's, else 25).")
+  flags.DEFINE_integer('batch_size', None, "Rows per iteration (default: the preset's).")
+  flags.DEFINE_enum('device', None, ['cpu', 'cuda'], "Where nanoGPT trains (default: the preset's); lmjax "
+                    'trains on the devices JAX finds.')
   flags.DEFINE_float('dropout', 0.0, 'Dropout in both (lmjax has no attention-probability dropout).')
-  flags.DEFINE_bool('compile', False, "torch.compile nanoGPT's model (its CPU run does not).")
-  flags.DEFINE_bool('bf16', False, "bf16 compute in both: nanoGPT under torch.autocast(bfloat16), lmjax "
-                    "model.dtype='bfloat16' (f32 weights and optimizer in both).")
+  flags.DEFINE_bool('compile', None, "torch.compile nanoGPT's model (default: the preset's; its CPU run does "
+                    'not).')
+  flags.DEFINE_bool('bf16', None, "bf16 compute in both: nanoGPT under torch.autocast(bfloat16), lmjax "
+                    "model.dtype='bfloat16' (f32 weights and optimizer in both). Default: the preset's.")
   flags.DEFINE_integer('seed', 1337, "Batch-order seed (and both models' init seed unless --init_seed).")
   flags.DEFINE_integer('init_seed', None, "Both models' init seed (torch.manual_seed, lmjax's config.seed); "
                        'default --seed. Several init seeds on one batch order tell the init draw from the data.')
@@ -315,12 +349,12 @@ def main(argv):
   f = flags.FLAGS
   if not f.nanogpt_dir or not os.path.exists(os.path.join(f.nanogpt_dir, 'model.py')):
     raise app.UsageError('--nanogpt_dir must be a karpathy/nanoGPT checkout (with model.py)')
-  spec = dict(PRESETS[f.preset], preset=f.preset, nanogpt_dir=os.path.abspath(f.nanogpt_dir), data=f.data,
-              vocab=load_chars(f.data)[2], dropout=f.dropout, compile=f.compile, bf16=f.bf16, seed=f.seed,
-              chunk=f.chunk,
-              lmjax=list(f.lmjax), lr_decay_iters=f.lr_decay_iters, same_init=f.same_init,
-              init_seed=f.seed if f.init_seed is None else f.init_seed)
-  for key in ('iters', 'eval_every', 'eval_iters', 'lmjax_accum', 'nanogpt_accum'):
+  spec = dict(DEFAULTS, vocab=load_chars(f.data)[2])
+  spec.update(PRESETS[f.preset], preset=f.preset, nanogpt_dir=os.path.abspath(f.nanogpt_dir), data=f.data,
+              dropout=f.dropout, seed=f.seed, lmjax=list(f.lmjax), lr_decay_iters=f.lr_decay_iters,
+              same_init=f.same_init, init_seed=f.seed if f.init_seed is None else f.init_seed)
+  for key in ('iters', 'eval_every', 'eval_iters', 'lmjax_accum', 'nanogpt_accum', 'chunk', 'batch_size', 'device',
+              'compile', 'bf16'):
     if f[key].value is not None:
       spec[key] = f[key].value
   def on_eval(it, results):
@@ -331,8 +365,12 @@ def main(argv):
                                on_eval=on_eval, max_wait=f.max_wait,
                                environ={'lmjax': interleave.lmjax_environ(lmjax_config(spec))})
   tokens = spec['iters'] * spec['batch_size'] * spec['block_size']
+  info = results['lmjax']['info']
   for name in ('nanogpt', 'lmjax'):
     results[name]['tokens_per_sec'] = tokens / results[name]['train_s']
+    if info.get('peak_flops_per_device'):  # a datasheet peak: an accelerator (nanoGPT's runner uses one)
+      results[name]['mfu'] = (results[name]['tokens_per_sec'] * info['flops_per_token']
+                              / info['peak_flops_per_device'] / (info['devices'] if name == 'lmjax' else 1))
   print(table(spec, results))
   path = f.json or os.path.join(REPO, 'benchmarks', 'results', f'nanogpt_{f.preset}.json')
   os.makedirs(os.path.dirname(path), exist_ok=True)
