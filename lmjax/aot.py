@@ -20,7 +20,6 @@ across slices included; the vocabulary is ``data.vocab_size`` (or ``data.tokeniz
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 import jax
@@ -30,7 +29,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from lmjax import bench, objectives, sharding, train
+from lmjax import bench, cli, objectives, sharding, train
 from lmjax import metrics as metrics_lib
 
 # One TPU VM host of each chip, as Cloud TPU names it (TPU_ACCELERATOR_TYPE).
@@ -165,11 +164,8 @@ def main(argv):
   # any), and JAX cannot read XLA:TPU executables compiled without a TPU client back from its cache.
   jax.config.update('jax_platforms', 'cpu')
   jax.config.update('jax_enable_compilation_cache', False)
-  try:
+  with cli.bad_input_exits():
     report = compile_train_step(f.config, topology_devices(f.topology, f.num_slices))
-  except ValueError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
   metrics_lib.report(format_report(report), report, f.json)
 
 

@@ -20,7 +20,6 @@ import functools
 import os
 import resource
 import statistics
-import sys
 import time
 import types
 
@@ -32,7 +31,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from lmjax import metrics as metrics_lib
-from lmjax import hostmem, objectives, sharding, train
+from lmjax import cli, hostmem, objectives, sharding, train
 from lmjax import state as state_lib
 from lmjax.data import tokenizer as tokenizer_lib
 from lmjax.models.transformer import ModelConfig, Transformer
@@ -193,12 +192,9 @@ def main(argv):
   f = flags.FLAGS
   c = f.config  # as lmjax.main does: before JAX starts
   hostmem.reexec_with_hugepages(c)
-  try:
+  with cli.bad_input_exits():
     sharding.split_cpu_for(c)
     results = run(f.config, steps_=f.steps, warmup=f.warmup, peak_override=f.peak_flops)
-  except ValueError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
   metrics_lib.report(format_results(results), results, f.json)
 
 

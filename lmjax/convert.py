@@ -14,13 +14,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import sys
 
 import jax
 from absl import app, flags, logging
 
 from configs import base
-from lmjax import checkpoint, train
+from lmjax import checkpoint, cli, train
 from lmjax import state as state_lib
 from lmjax.data import tokenizer as tokenizer_lib
 from lmjax.models import hf
@@ -122,7 +121,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   args = flags.FLAGS
   logging.set_verbosity(logging.WARNING)  # orbax logs every save and restore step at INFO
-  try:
+  with cli.bad_input_exits():
     if bool(args.from_hf) == bool(args.to_hf):
       raise ValueError('pass one of --from_hf=HF_DIR (import into --workdir) and --to_hf=OUT_DIR (export --workdir)')
     if args.from_hf:
@@ -131,9 +130,6 @@ def main(argv):
     else:
       family = to_hf(args.workdir, args.to_hf)
       print(f'wrote {args.to_hf}: {"GPT2LMHeadModel" if family == "gpt2" else "BertForMaskedLM"}')
-  except ValueError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
 
 
 if __name__ == '__main__':

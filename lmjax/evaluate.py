@@ -7,13 +7,13 @@ fixed seed, see ``steps.eval_step``); bits per byte are next-token only.
 from __future__ import annotations
 
 import math
-import sys
 from typing import Callable, Iterable
 
 import jax
 import numpy as np
 from absl import app, flags
 
+from lmjax import cli
 from lmjax import metrics as metrics_lib
 
 
@@ -144,14 +144,11 @@ def _define_flags():
 def main(argv):
   del argv
   args = flags.FLAGS
-  try:
+  with cli.bad_input_exits():
     if args.data == 'validation':
       result = validation_metrics(args.workdir)
     else:
       result = text_metrics(args.workdir, args.data, stride=args.stride, text_field=args.text_field)
-  except ValueError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
   metrics_lib.report('\n'.join(f'{name:20} {value:.6g}' for name, value in result.items()), result,
                      args.json)
 

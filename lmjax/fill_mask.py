@@ -11,14 +11,13 @@ token's business (sentencepiece pieces carry their leading space), so
 from __future__ import annotations
 
 import functools
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from lmjax import train
+from lmjax import cli, train
 from lmjax.data.tokenizer import Tokenizer
 from lmjax.models.transformer import Transformer
 
@@ -86,11 +85,9 @@ def _define_flags():
 def main(argv):
   del argv
   args = flags.FLAGS
-  try:
+  with cli.bad_input_exits():
     _, model, params, tokenizer = train.load_for_inference(args.workdir, objective='mlm')
     results = fill_mask(model, params, tokenizer, args.text, marker=args.mask_marker, top_k=args.top_k)
-  except ValueError as e:
-    sys.exit(f'error: {e}')
   print(args.text)
   for i, candidates in enumerate(results):
     print(f'{args.mask_marker} #{i + 1}: ' + '  '.join(f'{t.strip() or repr(t)!s} ({p:.3f})' for t, p in candidates))

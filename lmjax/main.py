@@ -8,12 +8,11 @@ an explicit coordinator for other clusters and local tests.
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from lmjax import hostmem
+from lmjax import cli, hostmem
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (path[:arg]).', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, tokenizer and metrics.')
@@ -56,7 +55,7 @@ def parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:  # e.g. a wrongly typed value: absl names the flag
-    _fail(str(e))
+    cli.fail(str(e))
   except (KeyError, AttributeError) as e:
     message = e.args[0] if e.args else str(e)
     if isinstance(message, KeyError):
@@ -65,26 +64,8 @@ def parse_flags(argv):
     name = name.strip('\'"')
     flag = next((a.split('=')[0] for a in argv if a.startswith('--config.') and name in a.split('=')[0]),
                 f'--config...{name}')
-    _fail(f'{flag}: no such config key{" (" + hint + ")" if hint else ""}; '
+    cli.fail(f'{flag}: no such config key{" (" + hint + ")" if hint else ""}; '
           'every key is declared in configs/base.py')
-
-
-def _fail(message: str, *, threads_may_print: bool = False):
-  """Ends the process with ``error: message`` as the last line of stderr and exit status 2.
-
-  After a failed asynchronous checkpoint, orbax/tensorstore threads go on printing tracebacks to file
-  descriptor 2 (and would print more at shutdown). With ``threads_may_print`` the descriptor is pointed at
-  /dev/null first, so nothing follows the line, and the line starts on a fresh one, so a traceback line
-  cut off half way cannot run into it.
-  """
-  sys.stdout.flush()
-  sys.stderr.flush()
-  out = 2
-  if threads_may_print:
-    out = os.dup(2)
-    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
-  os.write(out, f'{chr(10) if threads_may_print else ""}error: {message}\n'.encode())
-  os._exit(2)  # pylint: disable=protected-access
 
 
 def main(argv):
@@ -103,10 +84,8 @@ def main(argv):
   if _CONFIG.value.objective == 'classify':  # fine-tuning (configs/finetune.py)
     from lmjax import finetune  # pylint: disable=g-import-not-at-top
     run = finetune.train_and_evaluate
-  try:
+  with cli.bad_input_exits(threads_may_print=True):  # one line, exit 2, nothing damaged
     run(_CONFIG.value, _WORKDIR.value)
-  except ValueError as e:  # bad input or config: one line, non-zero exit, nothing damaged
-    _fail(str(e), threads_may_print=True)
 
 
 if __name__ == '__main__':

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from lmjax import train
+from lmjax import cli, train
 from lmjax.models.transformer import Transformer
 
 
@@ -173,13 +173,11 @@ def _define_flags():
 def main(argv):
   del argv
   args = flags.FLAGS
-  try:
+  with cli.bad_input_exits():
     _, model, params, tokenizer = train.load_for_inference(args.workdir, objective='clm')
     texts, stats = complete(model, params, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                             seed=args.seed, num_samples=args.num_samples, stop=tuple(args.stop))
-  except ValueError as e:
-    sys.exit(f'error: {e}')
   for samples in texts:
     for text in samples:
       print(text)

@@ -212,10 +212,11 @@ def test_cli_fill_mask(corpus, tmp_path):
   lines = out.stdout.splitlines()
   assert lines[1].startswith('<M> #1: ') and lines[2].startswith('<M> #2: ') and len(lines) == 3
   assert len(re.findall(r'\((0\.\d+|1\.000)\)', lines[1])) == 3
-  out = run('lmjax.fill_mask', '--text=no marker here')
-  assert out.returncode != 0 and 'mask marker' in out.stderr.strip().splitlines()[-1]
+  last_line = lambda out: out.stderr.strip().splitlines()[-1]
+  out = run('lmjax.fill_mask', '--text=no marker here')  # bad input: one line and exit 2, as every CLI (lmjax.cli)
+  assert out.returncode == 2 and last_line(out).startswith('error: ') and 'mask marker' in last_line(out)
   out = run('lmjax.sample', '--prompt=The')
-  assert out.returncode != 0 and 'fill_mask' in out.stderr.strip().splitlines()[-1]
+  assert out.returncode == 2 and last_line(out).startswith('error: ') and 'fill_mask' in last_line(out)
 
 
 _WRITE_SCALARS = r'''

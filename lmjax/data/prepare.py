@@ -16,6 +16,7 @@ import sys
 
 from absl import app, flags
 
+from lmjax import cli
 from lmjax.data import clean as clean_lib
 
 try:
@@ -106,21 +107,14 @@ def _parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:  # e.g. a missing --input: absl names the flag
-    _fail(str(e))
-
-
-def _fail(message: str):
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(2)
+    cli.fail(str(e))
 
 
 def main(argv):
   if len(argv) > 1:
-    _fail(f'unexpected arguments {argv[1:]}; every option is a --flag')
-  try:
+    cli.fail(f'unexpected arguments {argv[1:]}; every option is a --flag')
+  with cli.bad_input_exits():
     report = prepare_lib.prepare(options_from_flags())
-  except ValueError as e:
-    _fail(str(e))
   print(summary(report))
   print(f'wrote {flags.FLAGS.output_dir}')
 
