@@ -12,7 +12,8 @@
 # tensorboardX, portpicker, importlib_resources for Python 3.12; see the device README) and a karpathy/nanoGPT
 # checkout at $NANOGPT (default .nanogpt/, never committed). The comparison is speed only, so it reads this
 # README's characters (ids below 100 in nanoGPT's 50,304-token vocabulary), not a corpus from outside the repo.
-# Results (JSON and the log) go to $OUT, else gpu_check_out/. About 5 minutes on an H100, compiles included (estimated; not yet run on one).
+# Results (JSON and the log) go to $OUT, else gpu_check_out/. About 5 minutes on an H100, compiles included
+# (an estimate: no GPU has been lent since the script was written).
 set -uo pipefail
 out=${OUT:-gpu_check_out}
 mkdir -p "$out"
