@@ -357,6 +357,11 @@ def main(argv):
               'compile', 'bf16'):
     if f[key].value is not None:
       spec[key] = f[key].value
+  if spec['device'] == 'cuda':
+    import torch  # pylint: disable=g-import-not-at-top  (the check only; the workers train)
+    if not torch.cuda.is_available():
+      raise app.UsageError(f'--preset={f.preset} trains nanoGPT on a GPU, and torch sees none here; run it where '
+                           'one is (benchmarks/gpu_check.sh) or pass --device=cpu')
   def on_eval(it, results):
     print(f"iter {it}: val loss nanoGPT {results['nanogpt']['val_loss'][it]:.4f}, "
           f"lmjax {results['lmjax']['val_loss'][it]:.4f}", flush=True)
