@@ -280,6 +280,19 @@ class Lmjax(interleave.LmjaxRunner):
     return float(sum(s for s, _ in sums) / sum(c for _, c in sums))
 
 
+def add_rates(spec: dict, results: dict):
+  """Each side's tokens/s and, where lmjax's worker found a datasheet peak (an accelerator), its MFU: the same
+  model FLOPs per token (lmjax's count) over that peak, on one device for nanoGPT's runner and on all the
+  devices JAX found for lmjax's."""
+  tokens = spec['iters'] * spec['batch_size'] * spec['block_size']
+  info = results['lmjax']['info']
+  for name in ('nanogpt', 'lmjax'):
+    results[name]['tokens_per_sec'] = tokens / results[name]['train_s']
+    if info.get('peak_flops_per_device'):
+      results[name]['mfu'] = (results[name]['tokens_per_sec'] * info['flops_per_token']
+                              / info['peak_flops_per_device'] / (info['devices'] if name == 'lmjax' else 1))
+
+
 def table(spec: dict, results: dict) -> str:
   n, j = results['nanogpt'], results['lmjax']
   rows = [('ms/iteration (mean)', n['ms_per_iter'], j['ms_per_iter'], n['ms_per_iter'] / j['ms_per_iter']),
@@ -369,13 +382,7 @@ def main(argv):
                                iters=spec['iters'], chunk=spec['chunk'], eval_every=spec['eval_every'],
                                on_eval=on_eval, max_wait=f.max_wait,
                                environ={'lmjax': interleave.lmjax_environ(lmjax_config(spec))})
-  tokens = spec['iters'] * spec['batch_size'] * spec['block_size']
-  info = results['lmjax']['info']
-  for name in ('nanogpt', 'lmjax'):
-    results[name]['tokens_per_sec'] = tokens / results[name]['train_s']
-    if info.get('peak_flops_per_device'):  # a datasheet peak: an accelerator (nanoGPT's runner uses one)
-      results[name]['mfu'] = (results[name]['tokens_per_sec'] * info['flops_per_token']
-                              / info['peak_flops_per_device'] / (info['devices'] if name == 'lmjax' else 1))
+  add_rates(spec, results)
   print(table(spec, results))
   path = f.json or os.path.join(REPO, 'benchmarks', 'results', f'nanogpt_{f.preset}.json')
   os.makedirs(os.path.dirname(path), exist_ok=True)

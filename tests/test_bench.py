@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import pytest
 
 from configs import gpt
-from lmjax import bench, metrics
+from lmjax import bench, metrics, train
 from lmjax.data import tokenizer as tokenizer_lib
 from lmjax.models.transformer import ModelConfig, Transformer
 
@@ -153,3 +153,34 @@ def test_results_files_record_a_command_that_reads_the_same_on_any_machine(monke
                              '--json=/tmp/out/cpu.json', '--preset=cpu'])
   assert r['command'] == 'python benchmarks/nanogpt_compare.py --nanogpt_dir=NANOGPT --json=cpu.json --preset=cpu'
   assert r['machine'] and r['cpus'] == os.cpu_count() and len(r['date']) == 10
+
+
+def test_comparison_mfu_counts_each_side_on_its_own_devices(monkeypatch):
+  """benchmarks/nanogpt_compare.add_rates: the same model FLOPs per token for both; nanoGPT's runner on one
+  device, lmjax's on every device its worker found; no MFU without a datasheet peak (a CPU)."""
+  monkeypatch.syspath_prepend(os.path.join(REPO, 'benchmarks'))
+  import nanogpt_compare  # pylint: disable=g-import-not-at-top
+  spec = dict(iters=10, batch_size=4, block_size=8)  # 320 tokens
+  info = {'flops_per_token': 1e6, 'peak_flops_per_device': 1e9, 'devices': 2}
+  results = {'nanogpt': {'train_s': 2.0}, 'lmjax': {'train_s': 0.5, 'info': info}}
+  nanogpt_compare.add_rates(spec, results)
+  assert results['nanogpt']['tokens_per_sec'] == 160 and results['lmjax']['tokens_per_sec'] == 640
+  assert results['nanogpt']['mfu'] == pytest.approx(0.16) and results['lmjax']['mfu'] == pytest.approx(0.32)
+  results = {'nanogpt': {'train_s': 2.0}, 'lmjax': {'train_s': 0.5, 'info': dict(info, peak_flops_per_device=None)}}
+  nanogpt_compare.add_rates(spec, results)
+  assert 'mfu' not in results['nanogpt'] and 'mfu' not in results['lmjax']
+
+
+def test_lmjax_runner_reports_the_bench_flop_count_and_no_cpu_peak(monkeypatch):
+  """benchmarks/interleave.LmjaxRunner.info, which the comparisons' MFU reads: lmjax.bench's FLOPs per token
+  for the config, and no datasheet peak on a CPU (so no MFU there)."""
+  monkeypatch.syspath_prepend(os.path.join(REPO, 'benchmarks'))
+  import interleave  # pylint: disable=g-import-not-at-top
+  from configs import nanogpt  # pylint: disable=g-import-not-at-top
+  config = nanogpt.get_config('cpu')
+  config.data.vocab_size, config.train.batch_size = 65, 16  # 16: divisible by the 8 test devices
+  info = interleave.LmjaxRunner(config).info
+  cfg = train.model_config(config, 65)
+  assert info['flops_per_token'] == cfg.flops_per_token(config.data.seq_len, 1.0) > 0
+  assert info['flops_formula'] == cfg.flops_formula(config.data.seq_len, 1.0)
+  assert info['peak_flops_per_device'] is None and info['devices'] >= 1
