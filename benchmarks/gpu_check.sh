@@ -27,10 +27,10 @@ nanogpt=${NANOGPT:-.nanogpt}
 python=${PYTHON:-python3}
 
 if [ "${GPU_CHECK_CPU:-0}" = 1 ]; then
-  batches=(2); bench_steps=(--steps=1 --warmup=0)
+  batches=(2); bench_steps=(--steps=1 --warmup=0); attention=xla  # cuDNN attention is GPU-only
   compare=(--device=cpu --compile=false --bf16=false --batch_size=2 --iters=2 --chunk=1 --max_wait=0)
 else
-  batches=(32); bench_steps=(--steps=20 --warmup=3)
+  batches=(32); bench_steps=(--steps=20 --warmup=3); attention=cudnn
   compare=(--max_wait=0)
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv 2>&1 | tee "$out/gpu.txt"
 fi
@@ -39,7 +39,6 @@ fi
   status=0
   "$python" -c 'import lmjax, jax; print("jax", jax.__version__, jax.devices())'
   for batch in "${batches[@]}"; do  # GPT-2 124M as nanoGPT pads it (vocabulary 50,304), bf16, cuDNN attention
-    attention=cudnn; [ "${GPU_CHECK_CPU:-0}" = 1 ] && attention=xla
     "$python" -m lmjax.bench --config=configs/gpt.py:gpt2 --config.data.vocab_size=50304 \
       --config.model.dtype=bfloat16 --config.model.attention_impl=$attention --config.train.batch_size="$batch" \
       "${bench_steps[@]}" --json="$out/bench_gpt2_b$batch.json" || status=1

@@ -65,7 +65,7 @@ def parse_flags(argv):
     flag = next((a.split('=')[0] for a in argv if a.startswith('--config.') and name in a.split('=')[0]),
                 f'--config...{name}')
     cli.fail(f'{flag}: no such config key{" (" + hint + ")" if hint else ""}; '
-          'every key is declared in configs/base.py')
+             'every key is declared in configs/base.py')
 
 
 def main(argv):

@@ -27,6 +27,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from lmjax import cli
+
 Series = tuple[np.ndarray, np.ndarray]  # (steps int64, values float64), sorted by step, one value per step
 
 
@@ -292,9 +294,8 @@ def main(argv):
   workdirs = [args.workdir, *args.compare, *argv[1:]]
   try:
     paths = plot_runs(workdirs, args.output_dir)
-  except (OSError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+  except (OSError, ValueError) as e:  # a missing workdir as well as bad records
+    cli.fail(str(e))
   for panel in PANELS:
     if panel.name not in paths:
       print(f'note: no {panel.name} plot: {panel.missing}', file=sys.stderr)
