@@ -177,7 +177,7 @@ def _no_finite_check(inner, plain):
   import optax  # pylint: disable=g-import-not-at-top
 
   def update(updates, state, params=None):
-    updates, inner_state = inner.update(updates, state.inner_state, params, grad_norm=optax.global_norm(updates))
+    updates, inner_state = inner.update(updates, state.inner_state, params, grad_norm=optax.tree.norm(updates))
     return updates, state._replace(inner_state=inner_state)
   return optax.GradientTransformation(plain(inner).init, update)
 
@@ -190,7 +190,7 @@ def _finite_by_select(inner, plain):
   from lmjax import optim  # pylint: disable=g-import-not-at-top
 
   def update(updates, state, params=None):
-    grad_norm = optax.global_norm(updates)
+    grad_norm = optax.tree.norm(updates)
     finite = jnp.isfinite(grad_norm)
     new_updates, inner_state = inner.update(updates, state.inner_state, params, grad_norm=grad_norm)
     keep = lambda new, old: jnp.where(finite, new, old)
@@ -226,7 +226,7 @@ def _apply_in_cond():
     grads_fn = steps._per_device_grads_and_metrics if per_device_grads else steps._grads_and_metrics  # pylint: disable=protected-access
     grads, metrics = grads_fn(loss_fn, state.params, batch, jax.random.fold_in(rng, state.step), grad_accum_steps)
     s = state.opt_state
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(grad_norm)
 
     def update(_):

@@ -65,7 +65,7 @@ def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransfo
                                     total_notfinite=jnp.zeros([], jnp.int32), inner_state=inner.init(params))
 
   def update(updates, state, params=None, **extra_args):
-    grad_norm = optax.global_norm(updates)
+    grad_norm = optax.tree.norm(updates)
     finite = jnp.isfinite(grad_norm)
     updates, inner_state = jax.lax.cond(
         finite,

@@ -91,7 +91,7 @@ def train_step(state: TrainState, batch, rng, *, loss_fn: Callable, tx: optax.Gr
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   one = jnp.ones((), jnp.float32)
-  metrics['grad_norm'] = (optax.global_norm(grads), one)
+  metrics['grad_norm'] = (optax.tree.norm(grads), one)
   # Cumulative, so a skip between two logged steps still shows (and survives a resume).
   metrics['nonfinite_steps'] = (optim.nonfinite_count(opt_state).astype(jnp.float32), one)
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)

@@ -104,7 +104,7 @@ def _mesh_cases():
       yield pytest.param(mesh_shape, objective, id=f'{name}-{objective}', marks=marks)
 
 
-@pytest.mark.parametrize('mesh_shape,objective', _mesh_cases())
+@pytest.mark.parametrize('mesh_shape,objective', list(_mesh_cases()))
 def test_mesh_matches_one_device(single_device, mesh_shape, objective):
   assert len(jax.devices()) == 8
   losses, params, _ = _train(sharding.make_mesh(**mesh_shape), objective)
