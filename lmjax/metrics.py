@@ -117,9 +117,12 @@ class Throughput:
 
 
 # Vendor figures by jax ``device_kind`` prefix, the first match counting (a v5p reports 'TPU v5', a v5e
-# 'TPU v5 lite'): dense bf16 peak FLOP/s per device, and HBM per TPU chip in GiB.
+# 'TPU v5 lite'; an H100 SXM 'NVIDIA H100 80GB HBM3', the PCIe card 'NVIDIA H100 PCIe'): dense bf16 peak
+# FLOP/s per device, and HBM per TPU chip in GiB.
 _PEAK_FLOPS = (
-    ('NVIDIA H200', 989e12), ('NVIDIA H100', 989e12), ('NVIDIA A100', 312e12), ('NVIDIA L4', 121e12),
+    ('NVIDIA H200 NVL', 835e12), ('NVIDIA H200', 989e12), ('NVIDIA H100 PCIe', 756e12),
+    ('NVIDIA H100 NVL', 835e12), ('NVIDIA H100', 989e12), ('NVIDIA GH200', 989e12), ('NVIDIA B200', 2250e12),
+    ('NVIDIA A100', 312e12), ('NVIDIA L4', 121e12),
     ('NVIDIA A10', 125e12), ('TPU v6', 918e12), ('TPU v5p', 459e12), ('TPU v5 lite', 197e12),
     ('TPU v5e', 197e12), ('TPU v5', 459e12), ('TPU v4', 275e12), ('TPU v3', 123e12),
 )

@@ -80,6 +80,23 @@ def test_vocab_is_the_tokenizer_files_when_one_is_given(tmp_path):
     bench.vocab_size(c)
 
 
+@pytest.mark.parametrize('kind,peak', [('NVIDIA H100 80GB HBM3', 989e12), ('NVIDIA H100 PCIe', 756e12),
+                                       ('NVIDIA H100 NVL', 835e12), ('NVIDIA H200', 989e12),
+                                       ('NVIDIA H200 NVL', 835e12), ('NVIDIA A100-SXM4-80GB', 312e12),
+                                       ('TPU v5 lite', 197e12), ('TPU v5', 459e12), ('cpu', None)])
+def test_datasheet_peak_by_device_kind(kind, peak):
+  device = type('Device', (), {'device_kind': kind})()
+  assert metrics.peak_flops(device) == peak
+
+
+def test_no_datasheet_prefix_is_hidden_by_an_earlier_one():
+  """The first matching prefix counts, so a longer name listed after its own prefix would never be read."""
+  for table in (metrics._PEAK_FLOPS, metrics._HBM_GIB):  # pylint: disable=protected-access
+    names = [name for name, _ in table]
+    for i, name in enumerate(names):
+      assert not [earlier for earlier in names[:i] if name.startswith(earlier)], name
+
+
 def test_matmul_ceiling_is_positive():
   assert metrics.measure_matmul_flops(size=64, repeats=1, trials=1) > 0
 
