@@ -99,8 +99,8 @@ def test_pretrained_decoder_beats_random_init(tmp_path, pooling):
   """Real Shakespeare speeches as written vs with their words shuffled (200 held-out test speeches, balanced;
   none of the held-out ones in the pretraining text). A bag of words cannot tell them apart; a decoder
   pretrained for 300 steps on the rest of the text can. Measured on a 2-core CPU with data seeds 0, 1, 2:
-  last token (the default) 0.70, 0.70, 0.705 vs 0.60, 0.585, 0.59 from random init; mean of the tokens
-  0.88, 0.895, 0.835 vs 0.63, 0.645, 0.75. This test uses seed 0."""
+  last token (the default) 0.825, 0.69, 0.665 vs 0.555, 0.59, 0.595 from random init; mean of the tokens
+  0.88, 0.89, 0.86 vs 0.625, 0.63, 0.77. This test uses seed 0."""
   paths, corpus = _shakespeare_task(tmp_path, 'order', per_class=300, held_out=100)
   pretrained = _pretrain(corpus, str(tmp_path / 'pretrained'), steps=300, dim=64)
   acc = _accuracies(pretrained, paths, tmp_path, 150, {'pretrained': (pooling, False), 'random': (pooling, True)})
@@ -112,7 +112,7 @@ def test_pretrained_decoder_beats_random_init(tmp_path, pooling):
 def test_play_of_a_speech_from_a_pretrained_decoder(tmp_path):
   """Coriolanus vs Romeo and Juliet (200 held-out test speeches, balanced), from a 2x128 decoder pretrained for
   1,500 steps on the rest of the text: well above chance with either pooling. Random init comes close here
-  (measured: mean 0.72 vs 0.675, last 0.71 vs 0.695), so only chance is the bar."""
+  (measured: mean 0.73 vs 0.685, last 0.675 vs 0.69), so only chance is the bar."""
   paths, corpus = _shakespeare_task(tmp_path, 'source', per_class=400, held_out=100)
   pretrained = _pretrain(corpus, str(tmp_path / 'pretrained'), steps=1500, dim=128)
   acc = _accuracies(pretrained, paths, tmp_path, 200, {'last': ('auto', False), 'mean': ('mean', False)})
@@ -121,9 +121,11 @@ def test_play_of_a_speech_from_a_pretrained_decoder(tmp_path):
 
 @pytest.mark.slow
 def test_pretrained_encoder_beats_random_init(tmp_path):
-  """The word-order task from a masked-LM encoder, classifying from its first token (bos/CLS). Random init
-  stays at chance (its attention starts order-blind); measured 0.70 vs 0.49."""
+  """The word-order task from a masked-LM encoder, classifying from its first token (bos/CLS), pretrained for
+  2,000 steps. Measured on a 2-core CPU with data seeds 0, 1, 2, 3: 0.875, 0.885, 0.91, 0.845 vs 0.565, 0.44,
+  0.48, 0.565 from random init. This test uses seed 0. (After 500 steps, masked-token accuracy ~0.15, the same
+  seeds gave 0.615, 0.585, 0.515, 0.65 vs the same random-init figures: too close to tell apart.)"""
   paths, corpus = _shakespeare_task(tmp_path, 'order', per_class=300, held_out=100)
-  pretrained = _pretrain(corpus, str(tmp_path / 'pretrained'), steps=500, dim=64, objective='mlm')
+  pretrained = _pretrain(corpus, str(tmp_path / 'pretrained'), steps=2000, dim=64, objective='mlm')
   acc = _accuracies(pretrained, paths, tmp_path, 200, {'first': ('auto', False), 'first_random': ('auto', True)})
-  assert acc['first'] >= 0.62 and acc['first'] >= acc['first_random'] + 0.08, acc
+  assert acc['first'] >= 0.78 and acc['first'] >= acc['first_random'] + 0.2, acc
