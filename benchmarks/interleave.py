@@ -215,9 +215,8 @@ class LmjaxRunner:
     self.state, self.rng = self.setup.state, jax.random.key(config.seed)
     device = self.setup.mesh.devices.flat[0]
     self.version = f'jax {jax.__version__}, {self.setup.mesh.size} {device.device_kind} device(s)'
-    seq_len, fraction = config.data.seq_len, train.predicted_fraction(config)
-    self.info = {'flops_per_token': self.setup.model_cfg.flops_per_token(seq_len, fraction),
-                 'flops_formula': self.setup.model_cfg.flops_formula(seq_len, fraction),
+    flops_per_token, flops_formula = train.model_flops(config, self.setup.model_cfg)
+    self.info = {'flops_per_token': flops_per_token, 'flops_formula': flops_formula,
                  'peak_flops_per_device': metrics.peak_flops(device), 'devices': self.setup.mesh.size,
                  'peak_source': f'datasheet, {device.device_kind}'}
 

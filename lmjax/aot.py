@@ -106,7 +106,7 @@ def compile_train_step(config: ml_collections.ConfigDict, devices) -> dict:
   peak = metrics_lib.peak_flops(device)
   hbm = metrics_lib.hbm_bytes(device)
   tokens = config.train.batch_size * config.data.seq_len
-  model_flops = setup.model_cfg.flops_per_token(config.data.seq_len, train.predicted_fraction(config)) * tokens
+  model_flops = train.model_flops(config, setup.model_cfg)[0] * tokens
   return {
       'platform': device.platform, 'device_kind': device.device_kind, 'num_devices': setup.mesh.size,
       'mesh': dict(setup.mesh.shape), 'objective': config.objective, 'num_params': setup.model_cfg.num_params(),

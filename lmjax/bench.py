@@ -133,8 +133,7 @@ def run(config: ml_collections.ConfigDict, *, steps_: int = 20, warmup: int = 3,
       losses.append(float(loss_sum) / max(float(loss_count), 1.0))
   step_s = statistics.median(times)
   tokens_per_step = config.train.batch_size * config.data.seq_len
-  fraction = train.predicted_fraction(config)
-  flops_per_token = setup.model_cfg.flops_per_token(config.data.seq_len, fraction)
+  flops_per_token, flops_formula = train.model_flops(config, setup.model_cfg)
   num_devices = setup.mesh.size
   peak, peak_source = metrics_lib.peak_flops_per_device(device, peak_override)
   memory, memory_source = peak_memory(device)
@@ -148,7 +147,7 @@ def run(config: ml_collections.ConfigDict, *, steps_: int = 20, warmup: int = 3,
       'steps': steps_, 'warmup': warmup, 'compile_time_s': compile_s,
       'step_time_s': step_s, 'step_time_mean_s': statistics.fmean(times), 'step_time_min_s': min(times),
       'step_time_max_s': max(times), 'tokens_per_step': tokens_per_step, 'tokens_per_sec': tokens_per_sec,
-      'flops_per_token': flops_per_token, 'flops_formula': setup.model_cfg.flops_formula(config.data.seq_len, fraction),
+      'flops_per_token': flops_per_token, 'flops_formula': flops_formula,
       'flops_per_sec': achieved, 'flops_per_sec_per_device': achieved / num_devices,
       'peak_flops_per_device': peak, 'peak_source': peak_source,
       'mfu': achieved / num_devices / peak if peak else None,

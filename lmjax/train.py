@@ -43,9 +43,12 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ModelCon
   return ModelConfig(vocab_size=vocab_size, causal=not mlm, mlm_head=mlm, **config.model.to_dict())
 
 
-def predicted_fraction(config: ml_collections.ConfigDict) -> float:
-  """Share of tokens whose output head is useful work (model FLOPs): masked LM reads only the selected ones."""
-  return config.mlm.mask_rate if config.objective == 'mlm' else 1.0
+def model_flops(config: ml_collections.ConfigDict, model_cfg: ModelConfig) -> tuple[float, str]:
+  """(model FLOPs per token, the formula in words) for ``config``'s sequence length and objective: the output
+  head counts on the tokens that are predicted, all of them for next-token, the masked share for masked LM."""
+  fraction = config.mlm.mask_rate if config.objective == 'mlm' else 1.0
+  return (model_cfg.flops_per_token(config.data.seq_len, fraction),
+          model_cfg.flops_formula(config.data.seq_len, fraction))
 
 
 def masking(config: ml_collections.ConfigDict, tokenizer: tokenizer_lib.Tokenizer) -> dict | None:
@@ -279,7 +282,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint_lib
   train_fn, eval_fn = jit_steps(config, loss_fn, tx, shardings, mesh)
 
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main, resume_step=start_step)
-  flops_per_token = model_cfg.flops_per_token(config.data.seq_len, predicted_fraction(config))
+  flops_per_token, _ = model_flops(config, model_cfg)
   # Before the loop, so that the CPU's matmul probe is not timed as training.
   peak_flops, peak_source = metrics_lib.peak_flops_per_device(mesh.devices.flat[0], config.train.peak_flops,
                                                               quick=True)

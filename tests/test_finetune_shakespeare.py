@@ -62,6 +62,7 @@ def _shakespeare_task(root, task: str, per_class: int, held_out: int, seed: int 
       splits[split].append((speech, label))
       if split != 'train':
         held.add(para)
+  root.mkdir(parents=True, exist_ok=True)  # the README runs this helper into runs/finetune/...
   paths = {k: write_csv(root / f'{k}.csv', rows) for k, rows in splits.items()}
   corpus = root / 'corpus.txt'
   corpus.write_text('\n\n'.join(p for p in text.split('\n\n') if p not in held), encoding='utf-8')
